@@ -1,0 +1,16 @@
+"""Default `text` section: tokenizer and the language model used as text encoder."""
+
+import ml_collections
+
+
+def default_text_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        tokenizer_dir="",         # '' -> trained on the data set's texts into WORKDIR/tokenizer
+        vocab_size=1024,          # for a trained tokenizer
+        max_length=48,            # tokens per text (padded / truncated)
+        encoder="gpt2",           # 'gpt2' | 'bert'
+        preset="tiny",            # GPT-2 preset when trained from scratch
+        lm_workdir="",            # take the LM (and tokenizer) from this workdir
+        trainable=False,          # True: the generator's loss trains the LM end to end
+        layer=-1,                 # which block's output is the token states (-1: last, after ln_f)
+    ))

@@ -1,0 +1,117 @@
+"""The constraint model of instructions: `parse_instruction(text)` and `satisfies(scene, instruction)`.
+
+Every instruction names all the objects of its image, so an instruction is one pattern per object (the
+attributes and cell it fixes, None where free), an optional background, and for the relation and row/column
+kinds a constraint between the objects' cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+
+from llmimg_jax.data.shapes.grammar import (BACKGROUND_RE, CELL_PHRASE_RE, COLOUR_RE, SHAPE_RE, SIZE_RE, cell_of,
+                                            split_phrases)
+from llmimg_jax.data.shapes.scene import Scene, ShapeObject
+from llmimg_jax.data.shapes.spec import ShapesError
+
+KINDS = ("explicit", "attribute", "count", "relation", "row/column")
+RELATIONS = ("left of", "right of", "above", "below")  # objects[0] REL objects[1]
+LINES = ("row", "column")
+NUMBERS = {"two": 2, "three": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectPattern:
+    """What an instruction fixes about one object; None = free."""
+    shape: str | None = None
+    colour: str | None = None
+    size: str | None = None
+    cell: tuple[int, int] | None = None
+
+    def matches(self, obj: ShapeObject) -> bool:
+        return all(want is None or want == have for want, have in
+                   ((self.shape, obj.shape), (self.colour, obj.colour), (self.size, obj.size), (self.cell, obj.cell)))
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.shape, self.colour, self.size, self.cell)
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    kind: str
+    objects: tuple[ObjectPattern, ...]
+    background: str | None = None
+    relation: str | None = None  # one of RELATIONS, between objects[0] and objects[1]
+    line: str | None = None      # 'row' | 'column': all objects share one row / one column
+
+
+def _relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
+    return {"left of": a.col < b.col, "right of": a.col > b.col,
+            "above": a.row < b.row, "below": a.row > b.row}[relation]
+
+
+def satisfies(scene: Scene, instruction: Instruction) -> bool:
+    """Whether some one-to-one assignment of the scene's objects meets every constraint of the instruction."""
+    if instruction.background is not None and scene.background != instruction.background:
+        return False
+    if len(scene.objects) != len(instruction.objects):
+        return False  # the instruction names all the objects: no more, no fewer
+    if instruction.line is not None:
+        index = 0 if instruction.line == "row" else 1
+        if len({o.cell[index] for o in scene.objects}) != 1:
+            return False
+    for order in itertools.permutations(scene.objects):
+        if not all(p.matches(o) for p, o in zip(instruction.objects, order)):
+            continue
+        if instruction.relation is None or _relation_holds(order[0], order[1], instruction.relation):
+            return True
+    return False
+
+
+# ---- parsing ---------------------------------------------------------------------------------------------------
+_SINGULAR = re.compile(rf"(?:a(?: ({SIZE_RE}))?(?: ({COLOUR_RE}))? (?:({SHAPE_RE})|shape)"
+                       rf"|something(?: ({SIZE_RE}))?(?: ({COLOUR_RE}))?)(?: {CELL_PHRASE_RE})?")
+_PLURAL = re.compile(rf"({'|'.join(NUMBERS)})(?: ({SIZE_RE}))?(?: ({COLOUR_RE}))? (?:({SHAPE_RE})s|shapes)"
+                     r"(?: (in a row|in a column|stacked vertically))?")
+_RELATION = re.compile(r"(.+?) (to the left of|to the right of|above|below) (.+)")
+_BACKGROUND = re.compile(rf"(.+?),? on a ({BACKGROUND_RE}) background")
+
+
+def _singular(phrase: str, allow_cell: bool) -> ObjectPattern | None:
+    m = _SINGULAR.fullmatch(phrase)
+    if not m or (not allow_cell and (m.group(6) or m.group(7))):
+        return None
+    size, colour, shape, size2, colour2, center, other = m.groups()
+    cell = cell_of(center, other) if (center or other) else None
+    return ObjectPattern(shape=shape, colour=colour or colour2, size=size or size2, cell=cell)
+
+
+def parse_instruction(text: str) -> Instruction:
+    """The constraints an instruction fixes; ShapesError (a ValueError) for text outside the spec's forms."""
+    body, background = text.strip(), None
+    if m := _BACKGROUND.fullmatch(body):
+        body, background = m.group(1), m.group(2)
+    if m := _PLURAL.fullmatch(body):
+        number, size, colour, shape, line = m.groups()
+        pattern = ObjectPattern(shape=shape, colour=colour, size=size)
+        kind, line = ("row/column", "row" if line == "in a row" else "column") if line else ("count", None)
+        return Instruction(kind, (pattern,) * NUMBERS[number], background, line=line)
+    if m := _RELATION.fullmatch(body):
+        a, b = _singular(m.group(1), allow_cell=False), _singular(m.group(3), allow_cell=False)
+        if a is None or b is None:
+            raise ShapesError(f"instruction {text!r}: a relation joins two objects without cells, like "
+                              "'a red circle to the left of a blue square'; fix the object phrases")
+        relation = m.group(2).removeprefix("to the ")
+        return Instruction("relation", (a, b), background, relation=relation)
+    patterns = [_singular(p, allow_cell=True) for p in split_phrases(body)]
+    if not patterns or None in patterns:
+        raise ShapesError(f"instruction {text!r} is not one of the Shapes forms (explicit, attribute, count, "
+                          "relation, row/column); see the Instructions section of the Shapes spec")
+    if len(patterns) > 3 or len({p.cell for p in patterns if p.cell}) < sum(p.cell is not None for p in patterns):
+        raise ShapesError(f"instruction {text!r} names more than 3 objects or one cell twice; "
+                          "name at most 3 objects in distinct cells")
+    explicit = len(patterns) > 1 or (patterns[0].complete and background is not None)
+    return Instruction("explicit" if explicit else "attribute", tuple(patterns), background)

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> None:
     # jax.distributed must be initialised before any other JAX call.
     from llmimg_jax.training import distributed
 
-    if args.distributed or args.coordinator or args.num_processes:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           from_environment=args.distributed)
     import jax
 
     if jax.process_index() == 0:

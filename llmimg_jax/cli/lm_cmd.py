@@ -1,0 +1,47 @@
+"""`llmimg expand` (the prompt expander) and `llmimg lm import-hf` (bring a local Hugging Face GPT-2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from llmimg_jax.cli.prompts import add_prompt_arguments, read_prompts
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    expand = commands.add_parser("expand", help="rewrite instructions into complete descriptions with the LM",
+                                 description="Expand each instruction with a trained prompt-expander LM.")
+    expand.add_argument("--workdir", required=True, help="workdir of a language-model run")
+    add_prompt_arguments(expand)
+    expand.add_argument("--out", help="write one description per line to this file instead of printing")
+    expand.add_argument("--seed", type=int, default=0)
+    expand.set_defaults(run=run_expand)
+
+    lm = commands.add_parser("lm", help="language-model utilities")
+    sub = lm.add_subparsers(dest="lm_command", metavar="ACTION", required=True)
+    imp = sub.add_parser("import-hf", help="import a local Hugging Face GPT-2 directory (no hub, no torch)")
+    imp.add_argument("directory", help="folder with config.json and model.safetensors (and tokenizer files)")
+    imp.add_argument("--out", required=True, help="new workdir for the imported model")
+    imp.set_defaults(run=run_import_hf)
+
+
+def run_expand(args: argparse.Namespace) -> None:
+    from llmimg_jax.text.expander import load_expander
+
+    prompts = read_prompts(args)
+    expander = load_expander(args.workdir)
+    descriptions = expander.expand(prompts, seed=args.seed)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(descriptions) + "\n")
+        print(f"wrote {len(descriptions)} descriptions to {args.out}")
+    else:
+        print("\n".join(descriptions))
+
+
+def run_import_hf(args: argparse.Namespace) -> None:
+    from llmimg_jax.text.hf_gpt2 import import_hf_to_workdir
+
+    path = import_hf_to_workdir(args.directory, args.out)
+    print(f"imported {args.directory} into {path}")

@@ -1,0 +1,1 @@
+"""Distributed training runtime: mesh, sharding rules, train state, the training loop, checkpoints."""

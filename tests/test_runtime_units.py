@@ -1,0 +1,95 @@
+"""Runtime pieces checked in-process on one CPU device: mesh sizes, sharding rules, schedule, accumulation."""
+
+import math
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from llmimg_jax.errors import UserError
+from llmimg_jax.training import mesh as mesh_lib, optim, sharding
+from llmimg_jax.training.config import DEFAULT_SHARDING_RULES, default_mesh_config, default_train_config
+from llmimg_jax.training.loop import train
+from tests.toy_task import toy_config
+
+
+def _mesh_config(**sizes):
+    config = default_mesh_config()
+    config.update(sizes)
+    return config
+
+
+def test_mesh_sizes_resolve_and_mismatch_is_one_line_error():
+    assert mesh_lib.mesh_shapes(_mesh_config(data=-1, fsdp=2, tensor=2), 8) == ((2, 2, 2), (1, 1, 1))
+    assert mesh_lib.mesh_shapes(_mesh_config(data=2, fsdp=-1, dcn_data=2), 8) == ((2, 2, 1), (2, 1, 1))
+    for bad in (dict(data=3, fsdp=1), dict(data=2, fsdp=2, tensor=4), dict(data=-1, fsdp=3)):
+        with pytest.raises(UserError) as e:
+            mesh_lib.mesh_shapes(_mesh_config(**bad), 8)
+        assert "\n" not in str(e.value) and "8" in str(e.value)
+
+
+def test_mesh_mismatch_fails_before_anything_is_written(tmp_path):
+    config = toy_config()
+    config.mesh.update(dict(data=2, fsdp=2))  # 4 devices wanted, this process has 1
+    with pytest.raises(UserError, match="does not match 1 devices"):
+        train(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sharding_rules_replicate_what_does_not_divide():
+    fake = types.SimpleNamespace(shape={"data": 2, "fsdp": 4, "tensor": 2})
+    rules = DEFAULT_SHARDING_RULES
+    P = jax.sharding.PartitionSpec
+    assert sharding.mesh_spec(("embed", "mlp"), (64, 256), fake, rules) == P("fsdp", "tensor")
+    assert sharding.mesh_spec(("embed", "mlp"), (6, 255), fake, rules) == P(None, None)  # 4∤6, 2∤255
+    assert sharding.mesh_spec(("heads", "mlp"), (8, 8), fake, rules) == P("tensor", None)  # tensor used once
+    assert sharding.mesh_spec(("norm",), (64,), fake, rules) == P(None)
+    assert sharding.mesh_spec(("batch", None), (16, 3), fake, rules) == P(("data", "fsdp"), None)
+    assert sharding.mesh_spec(("batch",), (6,), fake, rules) == P(None)
+
+
+def test_lr_schedule_matches_formula():
+    config = default_train_config()
+    config.update(dict(lr=1e-3, warmup_steps=10, steps=100, min_lr_ratio=0.1))
+    schedule = optim.lr_schedule(config)
+    for step in (0, 5, 10, 40, 99, 100, 150):
+        if step < 10:
+            expected = 1e-3 * step / 10
+        else:
+            t = min(step - 10, 90) / 90
+            expected = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
+        np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, atol=1e-12)
+    config.lr_schedule = "linear"
+    with pytest.raises(UserError, match="lr_schedule"):
+        optim.lr_schedule(config)
+
+
+def _losses(workdir):
+    import json
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line)["loss"] for line in f]
+
+
+def test_grad_accumulation_equals_full_batch(tmp_path):
+    """Equal-size micro-batches: the mean of their mean gradients is the full batch's mean gradient, so a
+    noise-free loss trains identically (up to float32 summation order) with 1 or 4 micro-batches."""
+    runs = []
+    for accum in (1, 4):
+        config = toy_config(steps=6, grad_accum=accum, checkpoint_every=0)
+        config.toy.noise = 0.0
+        workdir = tmp_path / f"accum{accum}"
+        state = train(config, str(workdir))
+        runs.append((state, _losses(workdir)))
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5)
+    assert runs[0][1][-1] < runs[0][1][1]  # it trains
+    assert int(runs[1][0]["step"]) == 6
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(tmp_path):
+    config = toy_config(steps=3, compute_dtype="bfloat16", checkpoint_every=0)
+    state = train(config, str(tmp_path))
+    dtypes = {x.dtype for x in jax.tree.leaves((state["params"], state["opt"], state["ema"])) if x.ndim}
+    assert dtypes == {np.dtype("float32")}
+    losses = _losses(tmp_path)
+    assert len(losses) == 3 and all(np.isfinite(losses))

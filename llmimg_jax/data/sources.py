@@ -180,3 +180,9 @@ def make_source(data_config, split: str):
     if kind == "folder":
         return FolderSource(data_config.folder, split, size)
     raise UserError(f"unknown data.source '{kind}'; use 'shapes', 'tfds' or 'folder'")
+
+
+def validation_texts(data_config, num: int) -> list[str]:
+    """The first `num` captions of the evaluation split (prompts for sample grids)."""
+    source = make_source(data_config, data_config.eval_split)
+    return [source[i]["text"] for i in range(min(num, len(source)))]

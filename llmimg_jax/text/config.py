@@ -13,4 +13,5 @@ def default_text_config() -> ml_collections.ConfigDict:
         lm_workdir="",            # take the LM (and tokenizer) from this workdir
         trainable=False,          # True: the generator's loss trains the LM end to end
         layer=-1,                 # which block's output is the token states (-1: last, after ln_f)
+        pooling="last",           # pooled text vector: 'last' real token (GPT-2 reads causally) or 'mean'
     ))

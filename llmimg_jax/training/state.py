@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 import optax
 from jax.sharding import Mesh
@@ -96,9 +97,23 @@ def _build(task: Task, optimizers: dict, seed: int) -> State:
 
 
 def init_state(task: Task, config: ml_collections.ConfigDict, spec: StateSpec) -> State:
-    """Initialises the state directly into its shardings (the full model never sits on one device)."""
+    """Initialises the state directly into its shardings (the full model never sits on one device), then puts
+    the task's pretrained groups (host arrays) in place of their random init, shard by shard."""
     with jax.set_mesh(spec.mesh), nn.logical_axis_rules(spec.rules):
-        return jax.jit(lambda: _build(task, spec.optimizers, config.seed), out_shardings=spec.shardings)()
+        state = jax.jit(lambda: _build(task, spec.optimizers, config.seed), out_shardings=spec.shardings)()
+    pretrained = task.pretrained() if task.pretrained else {}
+    for group, host in pretrained.items():
+        expected = jax.tree.structure(state["params"][group])
+        if jax.tree.structure(host) != expected:
+            raise UserError(f"pretrained params for group '{group}' do not match the model's parameter tree; "
+                            "check that the checkpoint was made with the same model config")
+        placed = jax.tree.map(
+            lambda h, a, s: jax.make_array_from_callback(a.shape, s, lambda idx, h=h: np.asarray(h, a.dtype)[idx]),
+            host, state["params"][group], spec.param_shardings[group])
+        state["params"][group] = placed
+        if group in state["ema"]:
+            state["ema"][group] = jax.tree.map(jnp.copy, placed)
+    return state
 
 
 def per_device_bytes(state: State, device: jax.Device | None = None) -> int:

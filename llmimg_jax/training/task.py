@@ -35,6 +35,7 @@ class Task:
     batches(start_step, mesh) -> iterator of global batches; batch k must be a pure function of (seed, k).
     data_state() -> JSON-able description of the data (saved with each checkpoint).
     sample/evaluate(state, step) are called every train.sample_every / train.eval_every steps and at the end.
+    pretrained() -> {group: host params} replaces those groups' random init on a fresh start (e.g. a trained LM).
     """
     init: Callable[[jax.Array], dict[str, Params]]
     phases: Sequence[Phase]
@@ -44,6 +45,7 @@ class Task:
     data_state: Callable[[], dict] = dict
     sample: Callable[[dict, int], None] | None = None
     evaluate: Callable[[dict, int], None] | None = None
+    pretrained: Callable[[], dict[str, Params]] | None = None
 
     @property
     def trained_groups(self) -> tuple[str, ...]:
@@ -54,6 +56,7 @@ class Task:
 # Short task names -> "module:function"; any other "module:function" path works too.
 TASKS: dict[str, str] = {
     "lm": "llmimg_jax.text.lm_task:make_task",
+    "diffusion": "llmimg_jax.generator.diffusion.task:make_task",
 }
 
 

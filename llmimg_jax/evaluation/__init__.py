@@ -1,0 +1,1 @@
+"""Evaluation: Shapes alignment scoring, the probe network and Fréchet distance, diversity, plots, reports."""

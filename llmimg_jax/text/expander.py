@@ -1,0 +1,136 @@
+"""The prompt expander at inference: instruction -> a complete, explicit description (y = LM(x)).
+
+Where the data has a grammar (the Shapes world), every expansion is checked: it must parse as a description and
+satisfy the instruction. An invalid one is resampled up to `expand.retries` times; after that the instruction
+itself is passed on, with a warning. The first attempt is greedy, so expansion is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from llmimg_jax.data.shapes.constraints import parse_instruction, satisfies
+from llmimg_jax.data.shapes.grammar import parse_description
+from llmimg_jax.data.shapes.spec import ShapesError
+from llmimg_jax.text.gpt2 import GPT2
+from llmimg_jax.text.prompt_format import prompt_ids
+from llmimg_jax.text.sampling import generate
+
+def is_description(text: str) -> bool:
+    """True when `text` parses as a Shapes description."""
+    try:
+        parse_description(text)
+        return True
+    except ShapesError:
+        return False
+
+
+def shapes_check(instruction: str, description: str) -> bool:
+    """True when `description` is a valid Shapes description that satisfies `instruction`.
+
+    An instruction outside the Shapes grammar (free text) constrains nothing: a valid description passes."""
+    try:
+        scene = parse_description(description)
+    except ShapesError:
+        return False
+    try:
+        constraint = parse_instruction(instruction)
+    except ShapesError:
+        return True
+    return satisfies(scene, constraint)
+
+
+class Expander:
+    """Batched expansion with a GPT-2 prompt expander; `validate` turns on the Shapes check and retries."""
+
+    def __init__(self, model: GPT2, params: Any, tokenizer, expand: ml_collections.ConfigDict, *,
+                 validate: bool = True):
+        self.model, self.params, self.tokenizer, self.cfg = model, params, tokenizer, expand
+        self.validate = validate
+        self.fallbacks = 0
+
+    def _prompt_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded prompt ids and mask; a prompt too long for the model keeps its last tokens."""
+        limit = self.model.config.n_positions - int(self.cfg.max_new_tokens)
+        rows = [prompt_ids(self.tokenizer, p)[-limit:] for p in prompts]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.tokenizer.pad_token_id, np.int32)
+        mask = np.zeros((len(rows), width), np.int32)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+        return ids, mask
+
+    def _sample(self, prompts: Sequence[str], key: jax.Array, greedy: bool) -> list[str]:
+        ids, mask = self._prompt_batch(prompts)
+        out = generate(self.model, self.params, ids, mask, max_new_tokens=int(self.cfg.max_new_tokens), rng=key,
+                       temperature=float(self.cfg.temperature), top_k=int(self.cfg.top_k),
+                       top_p=float(self.cfg.top_p), greedy=greedy, eos_id=self.tokenizer.eos_token_id,
+                       pad_id=self.tokenizer.pad_token_id)
+        texts = []
+        for row in np.asarray(out):
+            end = np.flatnonzero(row == self.tokenizer.eos_token_id)
+            texts.append(self.tokenizer.decode(row[: end[0] if len(end) else len(row)]).strip())
+        return texts
+
+    def expand_with_status(self, prompts: Sequence[str], seed: int = 0) -> tuple[list[str], list[bool]]:
+        """Expansions and whether each passed the check (always True without validation)."""
+        prompts = list(prompts)
+        key = jax.random.key(seed)
+        results = self._sample(prompts, key, greedy=True)
+        if not self.validate:
+            return results, [True] * len(prompts)
+        ok = [shapes_check(p, r) for p, r in zip(prompts, results)]
+        for attempt in range(int(self.cfg.retries)):
+            todo = [i for i, good in enumerate(ok) if not good]
+            if not todo:
+                break
+            retried = self._sample([prompts[i] for i in todo], jax.random.fold_in(key, attempt + 1), greedy=False)
+            for i, text in zip(todo, retried):
+                if shapes_check(prompts[i], text):
+                    results[i], ok[i] = text, True
+        return results, ok
+
+    def expand(self, prompts: Sequence[str], seed: int = 0) -> list[str]:
+        """Expansions; an instruction whose expansions all failed the check is passed on unchanged."""
+        results, ok = self.expand_with_status(prompts, seed)
+        failed = [i for i, good in enumerate(ok) if not good]
+        if failed:
+            self.fallbacks += len(failed)
+            warnings.warn(f"{len(failed)} of {len(ok)} instructions had no valid expansion after "
+                          f"{int(self.cfg.retries)} retries and were passed on unchanged (first: "
+                          f"{prompts[failed[0]]!r})", stacklevel=2)
+            for i in failed:
+                results[i] = prompts[i]
+        return results
+
+
+def load_expander(workdir: str, *, validate: bool | None = None) -> Expander:
+    """The prompt expander of a language-model workdir (trained with `llmimg train` on an `lm` config)."""
+    import os
+
+    from llmimg_jax.config import load_workdir_config
+    from llmimg_jax.data.tokenizer import load_tokenizer
+    from llmimg_jax.errors import UserError
+    from llmimg_jax.text.lm_task import build_lm
+    from llmimg_jax.training.checkpoint import load_params
+
+    config = load_workdir_config(workdir)
+    if config.task != "lm":
+        raise UserError(f"'{workdir}' holds a '{config.task}' run, not a language model; pass the workdir of an "
+                        "`llmimg train --config configs/shapes_lm.py` run")
+    tokenizer = load_tokenizer(config.text.tokenizer_dir or os.path.join(workdir, "tokenizer"))
+    model = build_lm(config, len(tokenizer))
+    ids = jax.ShapeDtypeStruct((1, int(config.lm.max_length)), np.int32)
+    abstract = {"lm": jax.eval_shape(model.init, jax.random.key(0), ids)["params"]}
+    restored = load_params(workdir, abstract)
+    params = restored["ema" if config.expand.use_ema else "params"]["lm"]
+    if validate is None:
+        validate = config.data.source == "shapes"
+    return Expander(model, params, tokenizer, config.expand, validate=validate)
+

@@ -1,0 +1,67 @@
+"""The prompt-expander task end to end on a tiny config: train through the runtime, then expand."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from llmimg_jax.cli.main import main
+from llmimg_jax.data.tokenizer import train_tokenizer
+from llmimg_jax.text.expander import Expander, shapes_check
+from llmimg_jax.text.gpt2 import GPT2, gpt2_config, init_params
+from llmimg_jax.text.prompt_format import training_example
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOOD = "a small red circle at the top left, on a white background"
+
+
+def test_shapes_check_validates_grammar_and_instruction():
+    assert shapes_check("a red circle", GOOD)
+    assert not shapes_check("a blue circle", GOOD)                     # wrong colour
+    assert not shapes_check("two red circles", GOOD)                   # wrong count
+    assert not shapes_check("a red circle", "a red circle somewhere")  # not a description
+    assert shapes_check("draw me something nice", GOOD)                # free text constrains nothing
+
+
+def test_training_example_masks_only_the_target(tmp_path):
+    tok = train_tokenizer([GOOD, "a red circle"] * 20, 300, str(tmp_path / "tok"))
+    row = training_example(tok, "a red circle", GOOD, 40)
+    n_prompt = len(tok.encode("a red circle", add_special_tokens=False)) + 1  # + <|sep|>
+    n_target = len(tok.encode(GOOD, add_special_tokens=False)) + 1          # + end token
+    assert row["loss_mask"].tolist() == [0] * n_prompt + [1] * n_target + [0] * (40 - n_prompt - n_target)
+    assert row["attention_mask"].sum() == n_prompt + n_target
+    assert tok.decode(row["ids"][n_prompt:n_prompt + n_target - 1]) == GOOD
+
+
+def test_expander_falls_back_to_the_instruction_when_invalid(tmp_path):
+    tok = train_tokenizer([GOOD, "a red circle"] * 20, 300, str(tmp_path / "tok"))
+    import jax
+
+    model = GPT2(gpt2_config("tiny", vocab_size=len(tok), n_positions=64))
+    params = init_params(model, jax.random.key(0))  # untrained: its output is no valid description
+    cfg = ml_collections.ConfigDict(dict(max_new_tokens=16, retries=2, temperature=1.0, top_k=0, top_p=1.0))
+    expander = Expander(model, params, tok, cfg, validate=True)
+    with pytest.warns(UserWarning, match="1 of 1 instructions had no valid expansion after 2 retries"):
+        assert expander.expand(["a red circle"]) == ["a red circle"]
+    assert expander.fallbacks == 1
+
+
+@pytest.mark.slow
+def test_tiny_lm_trains_and_expands(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
+    workdir = str(tmp_path / "lm")
+    config = os.path.join(REPO, "configs", "shapes_lm.py") + ":tiny"
+    assert main(["train", "--config", config, "--workdir", workdir, "--config.train.steps=30"]) == 0
+    losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert losses[-1] < 0.8 * losses[0]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("two red circles in a row\na green triangle\n")
+    out = tmp_path / "out.txt"
+    assert main(["expand", "--workdir", workdir, "--prompts-file", str(prompts), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and all(lines)
+    capsys.readouterr()
+    assert main(["expand", "--workdir", str(tmp_path / "missing"), "a red circle"]) == 2
+    assert "not a llmimg workdir" in capsys.readouterr().err

@@ -14,12 +14,12 @@ def get_config(arg=None):
     config.lm = default_lm_config()
     config.expand = default_expand_config()
     config.text.vocab_size = 512  # Shapes text has a few dozen words
-    config.lm.update(dict(preset="tiny", n_layer=4, n_embd=128, n_head=4, max_length=80))
-    config.train.update(dict(steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, weight_decay=0.01,
-                             ema_decay=0.99, checkpoint_every=500, log_every=50, eval_every=1000, sample_every=1000))
+    config.lm.update(dict(preset="tiny", n_layer=4, n_embd=128, n_head=4, max_length=64))
+    config.train.update(dict(steps=1500, batch_size=32, lr=1e-3, warmup_steps=100, weight_decay=0.01,
+                             ema_decay=0.99, checkpoint_every=500, log_every=50, eval_every=500, sample_every=500))
     if arg == "tiny":
         config.data.update(dict(shapes_num_train=256, shapes_num_validation=32, shapes_num_test=32))
-        config.lm.update(dict(n_layer=2, n_embd=32, n_head=2, max_length=80))
+        config.lm.update(dict(n_layer=2, n_embd=32, n_head=2, max_length=64))
         config.expand.update(dict(eval_num=10, retries=1))
         config.train.update(dict(steps=20, batch_size=8, lr=5e-3, warmup_steps=2, checkpoint_every=10, log_every=5,
                                  eval_every=0, sample_every=0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_hf_gpt2"]
+__all__ = ["TextToImagePipeline", "load_hf_gpt2"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from llmimg_jax.text.hf_gpt2 import load_hf_gpt2
 
         return load_hf_gpt2
+    if name == "TextToImagePipeline":
+        from llmimg_jax.pipeline import TextToImagePipeline
+
+        return TextToImagePipeline
     raise AttributeError(f"module 'llmimg_jax' has no attribute '{name}'")

@@ -15,6 +15,10 @@ from llmimg_jax.training.state import State, StateSpec, step_key
 from llmimg_jax.training.task import Phase, Task
 
 Metrics = dict[str, jax.Array]
+# A loss_fn's metrics may hold {group: new params} under this key for groups that no phase trains (running
+# statistics such as spectral-norm vectors); they replace those groups after the phase, so later phases and the
+# next step see them, they are checkpointed with the state, and a non-finite step discards them too.
+UPDATES = "updates"
 
 
 def _split_micro(batch: dict, accum: int) -> dict:
@@ -24,29 +28,49 @@ def _split_micro(batch: dict, accum: int) -> dict:
 
 
 def _phase_grads(phase: Phase, params: dict, batch: dict, rng: jax.Array, step: jax.Array, accum: int,
-                 batch_sharding) -> tuple[jax.Array, Metrics, dict]:
-    """Mean loss, metrics and gradients (w.r.t. the phase's groups) over `accum` micro-batches."""
+                 batch_sharding) -> tuple[jax.Array, Metrics, dict, dict]:
+    """Mean loss, metrics and gradients (w.r.t. the phase's groups) over `accum` micro-batches, and the phase's
+    frozen-group updates (see `UPDATES`; from the last micro-batch)."""
     def loss_of(trainable, micro, key):
-        return phase.loss_fn({**params, **trainable}, micro, key, step)
+        loss, metrics = phase.loss_fn({**params, **trainable}, micro, key, step)
+        metrics = dict(metrics)
+        updates = metrics.pop(UPDATES, {})
+        return loss, (metrics, updates)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
     trainable = {g: params[g] for g in phase.groups}
     if accum == 1:
-        (loss, metrics), grads = grad_fn(trainable, batch, rng)
-        return loss, metrics, grads
+        (loss, (metrics, updates)), grads = grad_fn(trainable, batch, rng)
+        return loss, metrics, grads, updates
 
     def body(carry, xs):
+        sums, _ = carry
         micro, i = xs
         micro = jax.lax.with_sharding_constraint(micro, batch_sharding)
-        (loss, metrics), grads = grad_fn(trainable, micro, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+        (loss, (metrics, updates)), grads = grad_fn(trainable, micro, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, sums, (loss, metrics, grads)), updates), None
 
     micro = _split_micro(batch, accum)
     first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(lambda: grad_fn(trainable, first, rng))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[0][0], shapes[0][1], shapes[1]))
-    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-    return jax.tree.map(lambda x: x / accum, total)
+    (loss_s, (metrics_s, updates_s)), grads_s = jax.eval_shape(lambda: grad_fn(trainable, first, rng))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((loss_s, metrics_s, grads_s), updates_s))
+    (total, updates), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+    loss, metrics, grads = jax.tree.map(lambda x: x / accum, total)
+    return loss, metrics, grads, updates
+
+
+def _apply_updates(phase: Phase, params: dict, updates: dict, frozen: tuple[str, ...]) -> None:
+    """Replaces frozen groups by a phase's new values (same tree, shapes and dtypes)."""
+    for group, tree in updates.items():
+        if group not in frozen:
+            raise ValueError(f"phase '{phase.name}' returns updates for group '{group}', which is not a frozen "
+                             f"group (frozen: {list(frozen)}); only groups no phase trains can be updated this way")
+        old = params[group]
+        if jax.tree.structure(tree) != jax.tree.structure(old) or any(
+                n.shape != o.shape for n, o in zip(jax.tree.leaves(tree), jax.tree.leaves(old))):
+            raise ValueError(f"phase '{phase.name}' returns updates for group '{group}' whose tree or shapes "
+                             "differ from the group's params")
+        params[group] = jax.tree.map(lambda n, o: n.astype(o.dtype), tree, old)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -65,6 +89,7 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
     lr_fn = optim.lr_schedule(train)
     batch_sh = sharding.batch_sharding(spec.mesh, spec.rules)
     multi = len(task.phases) > 1
+    frozen = tuple(g for g in spec.param_shardings if g not in task.trained_groups)
 
     def step_fn(state: State, batch: dict) -> tuple[State, Metrics]:
         rng = step_key(state["rng"], state["step"])
@@ -72,9 +97,9 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
         metrics: Metrics = {}
         losses, finite = [], []
         for i, phase in enumerate(task.phases):
-            loss, phase_metrics, grads = _phase_grads(phase, params, batch, jax.random.fold_in(rng, i),
-                                                      state["step"], accum, batch_sh)
-            finite += [jnp.isfinite(loss), _all_finite(grads)]
+            loss, phase_metrics, grads, new_frozen = _phase_grads(
+                phase, params, batch, jax.random.fold_in(rng, i), state["step"], accum, batch_sh)
+            finite += [jnp.isfinite(loss), _all_finite(grads), _all_finite(new_frozen)]
             losses.append(loss)
             prefix = f"{phase.name or i}/" if multi else ""
             metrics.update({prefix + k: v for k, v in phase_metrics.items()})
@@ -83,6 +108,7 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
             for g in phase.groups:
                 updates, opt[g] = spec.optimizers[g].update(grads[g], opt[g], params[g])
                 params[g] = optax.apply_updates(params[g], updates)
+            _apply_updates(phase, params, new_frozen, frozen)
         ema = {g: jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"][g], params[g])
                for g in task.ema_groups}
         ok = jnp.all(jnp.stack(finite))

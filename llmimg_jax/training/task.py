@@ -14,7 +14,8 @@ from llmimg_jax.errors import UserError
 
 Params = Any
 Batch = dict[str, jax.Array]
-# loss_fn(params_by_group, batch, rng, step) -> (scalar loss, {name: scalar})
+# loss_fn(params_by_group, batch, rng, step) -> (scalar loss, {name: scalar}); the dict may also hold
+# "updates": {frozen group: new params} (running state such as spectral-norm vectors, see training/step.py)
 LossFn = Callable[[dict[str, Params], Batch, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -32,6 +33,7 @@ class Task:
 
     init(rng) -> {group: params} (boxed `nn.LogicallyPartitioned` leaves carry logical axis names).
     phases run in order inside one jitted step; a group that no phase updates is frozen (no optimizer state).
+    A phase may replace frozen groups through its metrics' "updates" entry; later phases see the new values.
     batches(start_step, mesh) -> iterator of global batches; batch k must be a pure function of (seed, k).
     data_state() -> JSON-able description of the data (saved with each checkpoint).
     sample/evaluate(state, step) are called every train.sample_every / train.eval_every steps and at the end.
@@ -57,6 +59,7 @@ class Task:
 TASKS: dict[str, str] = {
     "lm": "llmimg_jax.text.lm_task:make_task",
     "diffusion": "llmimg_jax.generator.diffusion.task:make_task",
+    "gan": "llmimg_jax.generator.gan.task:make_task",
 }
 
 

@@ -1,0 +1,33 @@
+"""Text-to-image diffusion on the Shapes world, conditioned on a GPT-2 text encoder.
+
+    llmimg train --config configs/shapes_diffusion.py --workdir W [--config.text.lm_workdir=LM_WORKDIR]
+    llmimg train --config configs/shapes_diffusion.py:tiny --workdir W     # tests: seconds
+    llmimg train --config configs/shapes_diffusion.py:s64 --workdir W      # 64x64 images
+"""
+
+from llmimg_jax.config import base_config
+from llmimg_jax.generator.diffusion.task import default_diffusion_config, default_unet_config
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.task = "diffusion"
+    config.diffusion = default_diffusion_config()
+    config.unet = default_unet_config()
+    config.text.update(dict(preset="tiny", vocab_size=512, max_length=48))
+    config.train.update(dict(steps=20000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999,
+                             checkpoint_every=1000, log_every=100, sample_every=2000))
+    if arg == "tiny":
+        config.data.update(dict(shapes_num_train=256, shapes_num_validation=32, shapes_num_test=32))
+        config.unet.update(dict(preset="tiny"))
+        config.diffusion.update(dict(sample_steps=4, num_samples=4))
+        config.text.update(dict(max_length=40))
+        config.train.update(dict(steps=10, batch_size=8, warmup_steps=2, checkpoint_every=5, log_every=5,
+                                 sample_every=10))
+    elif arg == "s64":
+        config.data.image_size = 64
+        config.unet.update(dict(preset="base64"))
+        config.train.update(dict(batch_size=32))
+    elif arg is not None:
+        raise ValueError(f"unknown variant '{arg}'; use '', 'tiny' or 's64'")
+    return config

@@ -1,0 +1,154 @@
+"""The GAN task: a text-conditional generator and projection discriminator trained through the shared runtime.
+
+Groups: `g` (generator, with EMA), `d` (discriminator), `d_spectral` (D's spectral-norm vectors: frozen, replaced
+each step through the runtime's "updates" metric, so they are checkpointed and resume exactly) and `text` (the
+GPT-2 text encoder: frozen, or trained with G when `text.trainable=True`).
+
+One train step runs two phases: D (hinge + matching-aware term + optional contrastive loss + lazy R1), then G
+(hinge + optional contrastive) against the D just updated. Both see DiffAugment-ed images. D reads the text
+through `stop_gradient`: the text encoder belongs to the generator's side, so the G loss cannot raise D's
+score by moving D's text input instead of improving the images.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from llmimg_jax.data.pipeline import Pipeline
+from llmimg_jax.data.sources import make_source, validation_texts
+from llmimg_jax.errors import UserError
+from llmimg_jax.generator.diffusion.task import image_and_tokens
+from llmimg_jax.generator.gan import losses
+from llmimg_jax.generator.gan.augment import augment
+from llmimg_jax.generator.gan.discriminator import Discriminator, discriminator_config
+from llmimg_jax.generator.gan.generate import GANGenerator, build_generator, preset_overrides
+from llmimg_jax.generator.text_side import build_text_side
+from llmimg_jax.text.lm_task import corpus
+from llmimg_jax.training.task import Phase, Task
+
+
+def default_gan_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        # presets plus overrides; 0 or () keeps the preset's value (z_dim comes from the generator preset)
+        generator=dict(preset="32", z_dim=0, style_dim=0, channels=(), attn_resolutions=(), num_heads=0,
+                       head_dim=0),
+        discriminator=dict(preset="32", channels=(), embed_dim=0),
+        spectral_norm=True,       # on the discriminator
+        r1_gamma=0.1,             # R1 weight on real images; 0: off
+        r1_every=4,               # lazy R1: every N steps, scaled by N
+        mismatch_weight=1.0,      # matching-aware term: real images with another example's caption are fake
+        contrastive_weight=0.0,   # image-text InfoNCE in D and G (XMC-GAN); 0: off
+        temperature=0.1,
+        augment=True,             # DiffAugment (caption-safe) on real and fake images
+        d_lr=0.0,                 # discriminator learning rate; 0: train.lr
+        b1=0.0,                   # Adam betas of both players (GANs train best with little momentum)
+        b2=0.99,
+        truncation=1.0,           # at sampling time; 1: off
+        use_ema=True,             # sample with the EMA generator
+        num_samples=8,            # images in each periodic sample grid
+    ))
+
+
+def build_discriminator(config: ml_collections.ConfigDict) -> Discriminator:
+    """The discriminator of a config: `gan.discriminator.preset` with overrides, at `data.image_size`."""
+    section, gan = config.gan.discriminator, config.gan
+    cfg = discriminator_config(section.preset, **{**preset_overrides(section), "spectral_norm": bool(gan.spectral_norm),
+                                                  "image_size": int(config.data.image_size)})
+    return Discriminator(cfg, dtype=jnp.dtype(config.train.compute_dtype))
+
+
+def _check(gan: ml_collections.ConfigDict) -> None:
+    if int(gan.r1_every) < 1:
+        raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 every N steps); set gan.r1_gamma=0 to turn R1 off")
+    if float(gan.r1_gamma) < 0 or float(gan.mismatch_weight) < 0 or float(gan.contrastive_weight) < 0:
+        raise UserError("gan.r1_gamma, gan.mismatch_weight and gan.contrastive_weight must be >= 0")
+    if float(gan.contrastive_weight) and float(gan.temperature) <= 0:
+        raise UserError(f"gan.temperature={gan.temperature} must be > 0 when gan.contrastive_weight is set")
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+    gan = config.gan
+    _check(gan)
+    source = make_source(config.data, config.data.train_split)
+    text = build_text_side(config, workdir, lambda: corpus(source))
+    generator, discriminator = build_generator(config), build_discriminator(config)
+    size, z_dim = int(config.data.image_size), generator.config.z_dim
+    sampler = GANGenerator(generator, text, gan, size)
+    pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
+                        preprocess=image_and_tokens(text), shuffle=config.data.shuffle, prefetch=config.data.prefetch)
+    r1_gamma, r1_every = float(gan.r1_gamma), int(gan.r1_every)
+    objective = dict(contrastive_weight=float(gan.contrastive_weight), temperature=float(gan.temperature))
+
+    def init(rng):
+        g_rng, d_rng, t_rng = jax.random.split(rng, 3)
+        width, length = text.model.config.n_embd, text.max_length
+        pooled, tokens = jnp.zeros((1, width)), jnp.zeros((1, length, width))
+        g_params = generator.init(g_rng, jnp.zeros((1, z_dim)), pooled, tokens, jnp.ones((1, length), bool))
+        d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, 3)), pooled, pooled)
+        groups = {"g": g_params["params"], "d": d_vars["params"], "text": text.init(t_rng)}
+        if "spectral" in d_vars:
+            groups["d_spectral"] = d_vars["spectral"]
+        return groups
+
+    def d_vars(params):
+        return {"params": params["d"], **({"spectral": params["d_spectral"]} if "d_spectral" in params else {})}
+
+    def fake_images(params, cond, rng):
+        z = jax.random.normal(rng, (cond["pooled"].shape[0], z_dim), jnp.float32)
+        return generator.apply({"params": params["g"]}, z, cond["pooled"], cond["context"], cond["context_mask"])
+
+    def maybe_augment(images, rng):
+        return augment(images, rng) if gan.augment else images
+
+    def d_loss_fn(params, batch, rng, step):
+        z_rng, aug_rng = jax.random.split(rng)
+        cond = jax.lax.stop_gradient(text.condition(params["text"], batch["ids"], batch["attention_mask"]))
+        fake = jax.lax.stop_gradient(fake_images(params, cond, z_rng))
+        b, pooled = fake.shape[0], cond["pooled"]
+        # The same key for both halves: example i of the reals and of the fakes get the same transform.
+        real = maybe_augment(batch["image"], aug_rng)
+        images, texts = jnp.concatenate([real, maybe_augment(fake, aug_rng)]), jnp.concatenate([pooled, pooled])
+        # One D pass over reals and fakes; rows [:b] of the rolled captions are the reals' mismatched captions.
+        out, new = discriminator.apply(d_vars(params), images, texts, losses.mismatched_text(texts), update=True,
+                                       mutable=["spectral"])
+        real_out, fake_out = (jax.tree.map(lambda a, s=s: a[s], out) for s in (slice(None, b), slice(b, None)))
+        loss, metrics = losses.discriminator_objective(real_out, fake_out, mismatch_weight=float(gan.mismatch_weight),
+                                                       **objective)
+        if r1_gamma > 0:
+            logit_fn = lambda x: discriminator.apply({"params": params["d"], **new}, x, pooled).logit  # noqa: E731
+            r1 = losses.lazy_r1_penalty(logit_fn, real, r1_gamma, r1_every, step % r1_every == 0)
+            loss, metrics["r1"] = loss + r1, r1
+        if new:
+            metrics["updates"] = {"d_spectral": new["spectral"]}
+        return loss, metrics
+
+    def g_loss_fn(params, batch, rng, step):
+        del step
+        z_rng, aug_rng = jax.random.split(rng)
+        cond = text.condition(params["text"], batch["ids"], batch["attention_mask"])  # stop_gradient unless trainable
+        fake = maybe_augment(fake_images(params, cond, z_rng), aug_rng)
+        out = discriminator.apply(d_vars(params), fake, jax.lax.stop_gradient(cond["pooled"]))
+        return losses.generator_objective(out, **objective)
+
+    def sample(state, step: int) -> None:
+        from llmimg_jax.evaluation.grid import save_grid
+
+        prompts = validation_texts(config.data, int(gan.num_samples))
+        params = state["ema"] if gan.use_ema else state["params"]
+        images = sampler.generate(params["g"], params.get("text", state["params"]["text"]), prompts, seed=step)
+        if jax.process_index() == 0:
+            save_grid(images, prompts, os.path.join(workdir, "samples", f"step_{step:06d}.png"))
+
+    g_groups = ("g", "text") if text.trainable else ("g",)
+    betas = {"b1": float(gan.b1), "b2": float(gan.b2)}
+    d_lr = float(gan.d_lr) or float(config.train.lr)
+    overrides = {**{g: betas for g in g_groups}, "d": {**betas, "lr": d_lr}}
+    # A trained text encoder is averaged with G, so the EMA generator samples with the matching averaged encoder.
+    return Task(init=init, phases=(Phase(("d",), d_loss_fn, "d"), Phase(g_groups, g_loss_fn, "g")),
+                batches=pipeline.global_batches, ema_groups=g_groups, optimizer_overrides=overrides,
+                data_state=pipeline.state, sample=sample,
+                pretrained=(lambda: {"text": text.pretrained()}) if text.pretrained else None)

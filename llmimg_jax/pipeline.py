@@ -1,0 +1,83 @@
+"""The Python pipeline: `TextToImagePipeline.from_workdir(W)(prompts, expand=True, ...)` -> images.
+
+    pipe = llmimg_jax.TextToImagePipeline.from_workdir("runs/shapes_diffusion")
+    out = pipe(["a red circle above a blue square"], expand=True, guidance=3.0, steps=50, seed=0)
+    out.images[0].save("x.png"); print(out.expansions[0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from llmimg_jax.errors import UserError
+from llmimg_jax.generator.load import LoadedGenerator, load_generator
+
+BATCH = 64  # prompts per sampling call; the last batch is padded so every call reuses one compiled loop
+
+
+@dataclasses.dataclass
+class PipelineOutput:
+    images: list[Image.Image]        # num_images per prompt, prompt-major
+    prompts: list[str]               # the prompts as given
+    expansions: list[str] | None     # what the generator drew from, when expand=True
+
+
+class TextToImagePipeline:
+    def __init__(self, generator: LoadedGenerator, lm_workdir: str | None = None):
+        self.generator = generator
+        self.lm_workdir = lm_workdir
+        self._expander = None
+
+    @classmethod
+    def from_workdir(cls, workdir: str, *, lm_workdir: str | None = None, use_ema: bool = True
+                     ) -> "TextToImagePipeline":
+        """A generator workdir; its text encoder's LM workdir serves as the prompt expander unless another is
+        given."""
+        if not os.path.isdir(workdir):
+            raise UserError(f"workdir '{workdir}' does not exist; pass the --workdir of a training run")
+        generator = load_generator(workdir, use_ema=use_ema)
+        return cls(generator, lm_workdir or generator.config.text.lm_workdir or None)
+
+    @property
+    def expander(self):
+        if self._expander is None:
+            if not self.lm_workdir:
+                raise UserError("expansion needs a language model: pass --lm-workdir LM_WORKDIR (a run of "
+                                "configs/shapes_lm.py); this generator's text encoder was not taken from one")
+            from llmimg_jax.text.expander import load_expander
+
+            self._expander = load_expander(self.lm_workdir)
+        return self._expander
+
+    def expand(self, prompts: Sequence[str], seed: int = 0) -> list[str]:
+        return self.expander.expand(list(prompts), seed=seed)
+
+    def generate_arrays(self, prompts: Sequence[str], *, seed: int = 0, num_images: int = 1,
+                        **options: Any) -> np.ndarray:
+        """uint8 [len(prompts) * num_images, S, S, 3], prompt-major; deterministic for a seed."""
+        if num_images < 1:
+            raise UserError(f"--num-images must be at least 1, got {num_images}")
+        rows = [p for p in prompts for _ in range(num_images)]
+        out = []
+        for start in range(0, len(rows), BATCH):
+            chunk = rows[start:start + BATCH]
+            padded = chunk + [chunk[-1]] * (min(BATCH, len(rows)) - len(chunk))
+            # Each chunk draws its own noise: fold the chunk index into the seed.
+            images = self.generator.generate(padded, seed=seed * 100003 + start // BATCH, **options)
+            out.append(images[:len(chunk)])
+        return np.concatenate(out)
+
+    def __call__(self, prompts: Sequence[str] | str, *, expand: bool = False, seed: int = 0, num_images: int = 1,
+                 **options: Any) -> PipelineOutput:
+        """Images for the prompts; `options` are the generator's (guidance, steps, sampler, eta; truncation)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or any(not p.strip() for p in prompts):
+            raise UserError("a prompt is empty; pass non-empty text")
+        expansions = self.expand(prompts, seed=seed) if expand else None
+        arrays = self.generate_arrays(expansions or prompts, seed=seed, num_images=num_images, **options)
+        return PipelineOutput([Image.fromarray(a) for a in arrays], prompts, expansions)

@@ -8,7 +8,7 @@ import pytest
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.generator.diffusion.layers import GroupNorm
-from llmimg_jax.generator.diffusion.unet import PRESETS, UNet, unet_config, unet_model_fn
+from llmimg_jax.generator.diffusion.unet import PRESETS, UNet, unet_config
 from tests.helpers import run_with_devices
 
 # Small enough to compile quickly on a busy 2-core machine; attention at 4x4 and in the middle.

@@ -15,6 +15,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_prompt_arguments(expand)
     expand.add_argument("--out", help="write one description per line to this file instead of printing")
     expand.add_argument("--seed", type=int, default=0)
+    expand.add_argument("--eval", type=int, metavar="N",
+                        help="instead of expanding prompts, score N Shapes validation instructions (per kind)")
     expand.set_defaults(run=run_expand)
 
     lm = commands.add_parser("lm", help="language-model utilities")
@@ -28,6 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_expand(args: argparse.Namespace) -> None:
     from llmimg_jax.text.expander import load_expander
 
+    if args.eval:
+        return _evaluate(args)
     prompts = read_prompts(args)
     expander = load_expander(args.workdir)
     descriptions = expander.expand(prompts, seed=args.seed)
@@ -45,3 +49,19 @@ def run_import_hf(args: argparse.Namespace) -> None:
 
     path = import_hf_to_workdir(args.directory, args.out)
     print(f"imported {args.directory} into {path}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from llmimg_jax.evaluation.expansion import expansion_accuracy
+    from llmimg_jax.text.expander import load_expander
+
+    result = expansion_accuracy(load_expander(args.workdir, validate=True), args.eval, seed=args.seed)
+    print("| kind | valid and satisfied |\n| --- | --- |")
+    for kind, value in result["per_kind"].items():
+        print(f"| {kind} | {value:.3f} |")
+    print(f"| **overall** ({result['num']}) | **{result['overall']:.3f}** |\nvalid descriptions: {result['valid']:.3f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)

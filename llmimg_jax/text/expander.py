@@ -17,6 +17,7 @@ import numpy as np
 from llmimg_jax.data.shapes.constraints import parse_instruction, satisfies
 from llmimg_jax.data.shapes.grammar import parse_description
 from llmimg_jax.data.shapes.spec import ShapesError
+from llmimg_jax.errors import UserError
 from llmimg_jax.text.gpt2 import GPT2
 from llmimg_jax.text.prompt_format import prompt_ids
 from llmimg_jax.text.sampling import generate
@@ -55,10 +56,13 @@ class Expander:
         self.fallbacks = 0
 
     def _prompt_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Left-padded prompt ids and mask; a prompt too long for the model keeps its last tokens."""
-        limit = self.model.config.n_positions - int(self.cfg.max_new_tokens)
-        rows = [prompt_ids(self.tokenizer, p)[-limit:] for p in prompts]
+        """Left-padded prompt ids and mask."""
+        rows = [prompt_ids(self.tokenizer, p) for p in prompts]
         width = max(len(r) for r in rows)
+        if width >= self.model.config.n_positions:
+            longest = prompts[max(range(len(rows)), key=lambda i: len(rows[i]))]
+            raise UserError(f"prompt {longest[:40]!r}... is {width} tokens, longer than the language model's "
+                            f"context of {self.model.config.n_positions}; shorten it")
         ids = np.full((len(rows), width), self.tokenizer.pad_token_id, np.int32)
         mask = np.zeros((len(rows), width), np.int32)
         for i, row in enumerate(rows):
@@ -68,7 +72,9 @@ class Expander:
 
     def _sample(self, prompts: Sequence[str], key: jax.Array, greedy: bool) -> list[str]:
         ids, mask = self._prompt_batch(prompts)
-        out = generate(self.model, self.params, ids, mask, max_new_tokens=int(self.cfg.max_new_tokens), rng=key,
+        # The description gets whatever context the prompt leaves, up to expand.max_new_tokens.
+        new_tokens = min(int(self.cfg.max_new_tokens), self.model.config.n_positions - ids.shape[1])
+        out = generate(self.model, self.params, ids, mask, max_new_tokens=new_tokens, rng=key,
                        temperature=float(self.cfg.temperature), top_k=int(self.cfg.top_k),
                        top_p=float(self.cfg.top_p), greedy=greedy, eos_id=self.tokenizer.eos_token_id,
                        pad_id=self.tokenizer.pad_token_id)
@@ -116,7 +122,6 @@ def load_expander(workdir: str, *, validate: bool | None = None) -> Expander:
 
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.data.tokenizer import load_tokenizer
-    from llmimg_jax.errors import UserError
     from llmimg_jax.text.lm_task import build_lm
     from llmimg_jax.training.checkpoint import load_params
 

@@ -107,9 +107,10 @@ def latest_step(workdir: str) -> int | None:
 
 def _saved_ema_groups(directory: str, step: int, task_or_abstract: Any) -> list[str]:
     """EMA groups stored in a checkpoint (from its metadata; the task's own list if that is unreadable)."""
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
     try:
-        tree = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), "state")).item_metadata.tree
-        return list(tree.get("ema") or {})
+        with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+            return list(manager.item_metadata(step)["state"].get("ema") or {})
     except Exception:  # an unreadable checkpoint is reported by the restore below; fall back to the task
         return list(getattr(task_or_abstract, "ema_groups", ()))
 

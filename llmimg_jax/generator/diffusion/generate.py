@@ -14,12 +14,12 @@ from llmimg_jax.generator.diffusion.samplers import SAMPLERS, sample
 from llmimg_jax.generator.diffusion.schedules import Schedule, make_schedule
 from llmimg_jax.generator.diffusion.unet import UNet, unet_config, unet_model_fn
 from llmimg_jax.generator.text_side import TextSide
+from llmimg_jax.presets import preset_overrides
 
 
 def build_unet(config: ml_collections.ConfigDict) -> UNet:
     """The U-Net of a config: `unet.preset` with its non-zero / non-empty fields as overrides."""
-    fields = {k: v for k, v in config.unet.items() if k != "preset" and v not in (0, (), [], "")}
-    return UNet(unet_config(config.unet.preset, dtype=config.train.compute_dtype, **fields))
+    return UNet(unet_config(config.unet.preset, dtype=config.train.compute_dtype, **preset_overrides(config.unet)))
 
 
 def schedule_from(diffusion: ml_collections.ConfigDict) -> Schedule:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
+from llmimg_jax.presets import from_preset
 from llmimg_jax.generator.diffusion.layers import (AttentionBlock, Downsample, GroupNorm, ResBlock, Upsample, conv,
                                                    dense)
 
@@ -58,14 +59,7 @@ PRESETS = {
 
 def unet_config(preset: str = "small", **overrides: Any) -> UNetConfig:
     """A preset (`tiny`, `small`, `base64`) with some fields replaced."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown U-Net preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(UNetConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise UserError(f"unknown U-Net config field(s) {unknown}; known: {', '.join(sorted(fields))}")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(PRESETS[preset], **overrides)
+    return from_preset(UNetConfig, PRESETS, preset, "U-Net", **overrides)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

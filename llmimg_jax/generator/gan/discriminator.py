@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
+from llmimg_jax.presets import from_preset
 from llmimg_jax.generator.gan.spectral_norm import SNConv, SNDense
 
 Array = jax.Array
@@ -51,13 +52,7 @@ D_PRESETS = {
 
 def discriminator_config(preset: str = "32", **overrides: Any) -> DiscriminatorConfig:
     """A preset (`tiny`, `32`, `64`) with field overrides."""
-    if preset not in D_PRESETS:
-        raise UserError(f"unknown discriminator preset '{preset}'; use one of {', '.join(D_PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(DiscriminatorConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise UserError(f"unknown discriminator config keys {unknown}; known: {', '.join(sorted(fields))}")
-    return DiscriminatorConfig(**{**D_PRESETS[preset], **overrides})
+    return from_preset(DiscriminatorConfig, D_PRESETS, preset, "discriminator", **overrides)
 
 
 class DOutput(NamedTuple):

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
+from llmimg_jax.presets import from_preset
 
 Array = jax.Array
 
@@ -72,13 +73,7 @@ G_PRESETS = {
 
 def generator_config(preset: str = "32", **overrides: Any) -> GeneratorConfig:
     """A preset (`tiny`, `32`, `64`) with field overrides."""
-    if preset not in G_PRESETS:
-        raise UserError(f"unknown generator preset '{preset}'; use one of {', '.join(G_PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise UserError(f"unknown generator config keys {unknown}; known: {', '.join(sorted(fields))}")
-    return GeneratorConfig(**{**G_PRESETS[preset], **overrides})
+    return from_preset(GeneratorConfig, G_PRESETS, preset, "generator", **overrides)
 
 
 def _dense(features: int, names: tuple[str, str], dtype: Any, name: Optional[str] = None) -> nn.Dense:

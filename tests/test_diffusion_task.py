@@ -39,8 +39,39 @@ def test_tiny_diffusion_trains_and_generates(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(single), "--steps", "3",
                  "--seed", "8", "--sampler", "dpm++2m"]) == 0
     assert np.asarray(Image.open(single)).shape == (32, 32, 3)
+    # The Python pipeline: PIL images, num_images per prompt, deterministic for a seed.
+    from llmimg_jax.pipeline import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_workdir(workdir)
+    out = pipe(["a red circle", "a blue square"], steps=2, seed=5, num_images=2)
+    assert len(out.images) == 4 and out.images[0].size == (32, 32) and out.expansions is None
+    again = pipe(["a red circle", "a blue square"], steps=2, seed=5, num_images=2)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out.images, again.images))
     capsys.readouterr()
     assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(single), "--sampler", "euler"]) == 2
     assert "unknown sampler 'euler'" in capsys.readouterr().err
     assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(single), "--expand"]) == 2
     assert "--lm-workdir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_writes_a_report(tmp_path, monkeypatch, capsys):
+    """`llmimg eval` on a tiny diffusion run: alignment per kind, Fréchet distances with a real-vs-real baseline,
+    plots and report files (the probe is trained into a temporary cache)."""
+    import json
+
+    monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    workdir = str(tmp_path / "run")
+    assert main(["train", "--config", TINY, "--workdir", workdir, "--config.train.steps=2",
+                 "--config.train.sample_every=0"]) == 0
+    assert main(["eval", "--workdir", workdir, "--num", "10", "--steps", "2"]) == 0
+    report = json.load(open(os.path.join(workdir, "eval", "report.json")))
+    scores = report["alignment"]["without expansion"]
+    assert scores["num"] == 10 and sum(scores["per_kind_num"].values()) == 10
+    assert 0.0 <= scores["accuracy"] <= 1.0
+    assert "real vs real (baseline, same N)" in report["frechet"]
+    for name in ("report.md", "accuracy_per_kind.png", "loss.png", "samples.png"):
+        assert os.path.isfile(os.path.join(workdir, "eval", name)), name
+    assert "alignment without expansion" in capsys.readouterr().out
+

@@ -157,6 +157,15 @@ def test_tiny_trains_through_the_cli_and_resumes_exactly(data_dir, tmp_path, mon
     for key in reference:  # D and G params, optimizer states, EMA and spectral-norm vectors
         np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)
 
+    # The Python pipeline serves GAN workdirs too; diffusion-only options are refused.
+    from llmimg_jax.pipeline import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_workdir(str(work))
+    out = pipe(["a red circle", "a blue square"], seed=3, num_images=2, truncation=0.8)
+    assert len(out.images) == 4 and out.images[0].size == (32, 32) and out.expansions is None
+    with pytest.raises(UserError, match="--guidance apply to diffusion models"):
+        pipe(["a red circle"], guidance=3.0)
+
 
 @pytest.mark.slow
 def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):

@@ -1,0 +1,37 @@
+"""`llmimg eval`: measure a generator workdir on the Shapes world (alignment, Fréchet distance, diversity)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("eval", help="measure a generator: alignment per kind, Fréchet distance, diversity",
+                            description="Writes WORKDIR/eval/report.md, report.json and plots.")
+    p.add_argument("--workdir", required=True, help="workdir of a diffusion or GAN run")
+    p.add_argument("--lm-workdir", help="prompt expander (default: the generator's text LM, if it has one)")
+    p.add_argument("--num", type=int, default=300, help="held-out instructions, balanced over the kinds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="report folder (default WORKDIR/eval)")
+    p.add_argument("--no-expand", action="store_true", help="score only the instructions as given")
+    p.add_argument("--steps", type=int, help="sampling steps (diffusion)")
+    p.add_argument("--guidance", type=float, help="guidance scale (diffusion)")
+    p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion)")
+    p.add_argument("--truncation", type=float, help="noise truncation (GAN)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llmimg_jax.evaluation.evaluate import evaluate_workdir
+
+    options = {k: getattr(args, k) for k in ("steps", "guidance", "sampler", "truncation")
+               if getattr(args, k) is not None}
+    results = evaluate_workdir(args.workdir, lm_workdir=args.lm_workdir, num=args.num, seed=args.seed,
+                               out_dir=args.out, expand=False if args.no_expand else None, **options)
+    for name, scores in results["alignment"].items():
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in scores["per_kind"].items())
+        print(f"alignment {name}: {scores['accuracy']:.3f} ({kinds})")
+    for name, value in results["frechet"].items():
+        print(f"Fréchet distance, {name}: {value:.1f}")
+    print(f"report: {os.path.join(args.out or os.path.join(args.workdir, 'eval'), 'report.md')}")

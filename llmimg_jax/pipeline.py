@@ -36,12 +36,15 @@ class TextToImagePipeline:
     @classmethod
     def from_workdir(cls, workdir: str, *, lm_workdir: str | None = None, use_ema: bool = True
                      ) -> "TextToImagePipeline":
-        """A generator workdir; its text encoder's LM workdir serves as the prompt expander unless another is
-        given."""
+        """A generator workdir (or a quickstart workdir); its text encoder's LM workdir serves as the prompt
+        expander unless another is given."""
+        from llmimg_jax.quickstart import resolve_workdirs
+
         if not os.path.isdir(workdir):
             raise UserError(f"workdir '{workdir}' does not exist; pass the --workdir of a training run")
-        generator = load_generator(workdir, use_ema=use_ema)
-        return cls(generator, lm_workdir or generator.config.text.lm_workdir or None)
+        generator_dir, quickstart_lm = resolve_workdirs(workdir)
+        generator = load_generator(generator_dir, use_ema=use_ema)
+        return cls(generator, lm_workdir or quickstart_lm or generator.config.text.lm_workdir or None)
 
     @property
     def expander(self):

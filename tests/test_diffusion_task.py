@@ -71,7 +71,28 @@ def test_eval_writes_a_report(tmp_path, monkeypatch, capsys):
     assert scores["num"] == 10 and sum(scores["per_kind_num"].values()) == 10
     assert 0.0 <= scores["accuracy"] <= 1.0
     assert "real vs real (baseline, same N)" in report["frechet"]
-    for name in ("report.md", "accuracy_per_kind.png", "loss.png", "samples.png"):
+    for name in ("report.md", "accuracy_per_kind.png", "loss.png", "eval_samples.png"):
         assert os.path.isfile(os.path.join(workdir, "eval", name)), name
     assert "alignment without expansion" in capsys.readouterr().out
 
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_runs_resumes_and_serves_generate(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    workdir = str(tmp_path / "qs")
+    args = ["quickstart", "--workdir", workdir, "--tiny", "--num-eval", "10", "--generator-override",
+            "diffusion.sample_steps=2"]
+    assert main(args) == 0
+    for name in ("samples.png", "samples.txt", "report.md", "report.json", "accuracy_per_kind.png",
+                 "lm/tb", "generator/tb"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    captions = open(os.path.join(workdir, "samples.txt")).read().splitlines()
+    assert len(captions) == 8 and all("  ->  " in c for c in captions)
+    capsys.readouterr()
+    assert main(args) == 0  # re-running resumes: nothing is trained again
+    assert capsys.readouterr().out.count("already trained to step") == 2
+    out = tmp_path / "x.png"
+    assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(out), "--steps", "2"]) == 0
+    assert np.asarray(Image.open(out)).shape == (32, 32, 3)

@@ -77,14 +77,15 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
     os.makedirs(out_dir, exist_ok=True)
     plots = [accuracy_bar_chart([alignment[n]["per_kind"] for n in alignment],
                                 os.path.join(out_dir, "accuracy_per_kind.png"), labels=tuple(alignment))]
-    metrics = os.path.join(workdir, "metrics.jsonl")
+    metrics = os.path.join(pipe.generator.workdir, "metrics.jsonl")
     if os.path.isfile(metrics):
         plots.append(loss_curve(metrics, os.path.join(out_dir, "loss.png")))
     shown = min(16, num)
-    plots.append(save_grid(generated[best][:shown], conditions[best][:shown], os.path.join(out_dir, "samples.png")))
+    plots.append(save_grid(generated[best][:shown], conditions[best][:shown],
+                           os.path.join(out_dir, "eval_samples.png")))
     results = {
         "title": f"Evaluation of {os.path.basename(os.path.abspath(workdir))} ({pipe.generator.kind})",
-        "settings": {"workdir": workdir, "step": pipe.generator.step, "instructions": num, "seed": seed,
+        "settings": {"workdir": pipe.generator.workdir, "step": pipe.generator.step, "instructions": num, "seed": seed,
                      "expander": pipe.lm_workdir or "none", **options,
                      "seconds": round(time.time() - start, 1)},
         "alignment": alignment,

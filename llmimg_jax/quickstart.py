@@ -1,0 +1,118 @@
+"""`llmimg quickstart`: the whole system on the embedded default, in one workdir.
+
+    W/lm/          the prompt-expander GPT-2 (configs/shapes_lm.py)
+    W/generator/   the text-to-image generator (configs/shapes_diffusion.py or shapes_gan.py), encoding text with W/lm
+    W/samples.png  instructions, their expansions and the images drawn from them
+    W/report.md, W/report.json, W/*.png   the evaluation (`llmimg eval`)
+
+A phase whose run already reached its step count is not redone, so re-running resumes where it stopped.
+`llmimg generate --workdir W` and `llmimg eval --workdir W` use W's generator and its language model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Sequence
+
+from llmimg_jax.config import apply_overrides, load_config, save_config
+from llmimg_jax.errors import UserError
+
+QUICKSTART_FILE = "quickstart.json"
+CONFIGS = {"lm": "shapes_lm.py", "diffusion": "shapes_diffusion.py", "gan": "shapes_gan.py"}
+# Step counts sized for about 20 minutes on 2 CPU cores (see the README for the figures they reach).
+DEFAULT_STEPS = {"lm": 1000, "diffusion": 500, "gan": 800}
+
+
+def configs_dir() -> str:
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    if not os.path.isdir(path):
+        raise UserError(f"the configs folder '{path}' is missing; run quickstart from a clone of the repository "
+                        "(pip install -e .)")
+    return path
+
+
+def resolve_workdirs(workdir: str) -> tuple[str, str | None]:
+    """(generator workdir, LM workdir or None) of a quickstart workdir or of a plain generator workdir."""
+    marker = os.path.join(workdir, QUICKSTART_FILE)
+    if not os.path.isfile(marker):
+        return workdir, None
+    with open(marker) as f:
+        layout = json.load(f)
+    return os.path.join(workdir, layout["generator"]), os.path.join(workdir, layout["lm"])
+
+
+def _phase_config(name: str, variant: str | None, overrides: Sequence[str]):
+    spec = os.path.join(configs_dir(), CONFIGS[name]) + (f":{variant}" if variant else "")
+    config = load_config(spec)
+    if not variant:
+        config.train.steps = DEFAULT_STEPS[name]
+    return apply_overrides(config, overrides)
+
+
+def _train(config, workdir: str) -> None:
+    from llmimg_jax.training.checkpoint import latest_step
+    from llmimg_jax.training.main import train_main
+
+    done = latest_step(workdir) if os.path.isdir(workdir) else None
+    if done is not None and done >= int(config.train.steps):
+        print(f"  already trained to step {done}; skipped (delete {workdir} to redo)", flush=True)
+        return
+    save_config(config, workdir)
+    train_main(config, workdir)
+
+
+def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = False, num_eval: int = 150,
+                   lm_overrides: Sequence[str] = (), generator_overrides: Sequence[str] = ()) -> dict:
+    """Builds the data, trains the LM and the generator, draws the sample grid and writes the report."""
+    if generator not in ("diffusion", "gan"):
+        raise UserError(f"--generator must be diffusion or gan, got '{generator}'")
+    start = time.time()
+    variant = "tiny" if tiny else None
+    lm_dir, gen_dir = os.path.join(workdir, "lm"), os.path.join(workdir, "generator")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, QUICKSTART_FILE), "w") as f:
+        json.dump({"lm": "lm", "generator": "generator", "generator_kind": generator}, f)
+
+    lm_config = _phase_config("lm", variant, lm_overrides)
+    gen_config = _phase_config(generator, variant, [f"text.lm_workdir={lm_dir}", *generator_overrides])
+
+    print("[1/5] data: the Shapes world", flush=True)
+    from llmimg_jax.data.sources import make_source
+
+    for split in (lm_config.data.train_split, lm_config.data.eval_split):
+        print(f"  {split}: {len(make_source(lm_config.data, split))} examples", flush=True)
+    print(f"[2/5] tokenizer and prompt-expander language model ({lm_config.train.steps} steps) -> {lm_dir}",
+          flush=True)
+    _train(lm_config, lm_dir)
+    print(f"[3/5] {generator} generator ({gen_config.train.steps} steps) -> {gen_dir}", flush=True)
+    _train(gen_config, gen_dir)
+
+    print("[4/5] samples: instructions -> expansions -> images", flush=True)
+    from llmimg_jax.evaluation.alignment import make_eval_set
+    from llmimg_jax.evaluation.grid import save_grid
+    from llmimg_jax.pipeline import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_workdir(gen_dir, lm_workdir=lm_dir)
+    instructions = [text for _, text in make_eval_set(8, seed=1)]
+    out = pipe(instructions, expand=True, seed=1)
+    captions = [f"{i}  ->  {e}" for i, e in zip(instructions, out.expansions)]
+    samples = save_grid([im for im in out.images], captions, os.path.join(workdir, "samples.png"))
+
+    print(f"[5/5] evaluation on {num_eval} held-out instructions", flush=True)
+    from llmimg_jax.evaluation.evaluate import evaluate_workdir
+
+    results = evaluate_workdir(gen_dir, lm_workdir=lm_dir, num=num_eval, seed=0, out_dir=workdir)
+    minutes = (time.time() - start) / 60
+    files = {"samples": samples, "report": os.path.join(workdir, "report.md"),
+             "report_json": os.path.join(workdir, "report.json"),
+             "tensorboard": [os.path.join(lm_dir, "tb"), os.path.join(gen_dir, "tb")]}
+    print(f"\ndone in {minutes:.1f} minutes")
+    for name, scores in results["alignment"].items():
+        print(f"  alignment {name}: {scores['accuracy']:.1%}")
+    print(f"  samples:     {files['samples']}\n  report:      {files['report']} (and report.json)\n"
+          f"  tensorboard: tensorboard --logdir {workdir}\n"
+          f"  next:        llmimg generate --workdir {workdir} --expand \"a red circle to the left of a blue square\" "
+          f"--out x.png")
+    return {"results": results, "files": files, "minutes": minutes}

@@ -9,8 +9,6 @@ context; timings are medians over repeats after one compile-and-warm-up call. Pr
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,18 +19,9 @@ from llmimg_jax.generator.diffusion.loss import diffusion_loss
 from llmimg_jax.generator.diffusion.samplers import sample
 from llmimg_jax.generator.diffusion.schedules import make_schedule
 from llmimg_jax.generator.diffusion.unet import UNet, unet_config, unet_model_fn
+from llmimg_jax.timing import median_seconds
 
 CONTEXT_LEN, CONTEXT_DIM = 48, 64
-
-
-def _median_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench(size: int, preset: str, batch: int, sample_batch: int, sample_steps: int, repeats: int) -> dict:
@@ -63,9 +52,9 @@ def bench(size: int, preset: str, batch: int, sample_batch: int, sample_steps: i
         state["p"], state["o"], loss = train_step(state["p"], state["o"], jax.random.key(1))
         return loss
 
-    step_time = _median_time(one_step, repeats)
+    step_time = median_seconds(one_step, repeats)
     small = {k: v[:sample_batch] for k, v in cond.items()}
-    sample_time = _median_time(
+    sample_time = median_seconds(
         lambda: sample(model_fn, params, (sample_batch, size, size, 3), small, None, jax.random.key(2),
                        schedule=schedule, sampler="ddim", steps=sample_steps, guidance=3.0, prediction="v"),
         max(1, repeats // 2))

@@ -10,9 +10,7 @@ the Shapes data (built on first use, small here). Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import jax
 
@@ -21,18 +19,9 @@ from llmimg_jax.training.mesh import make_mesh
 from llmimg_jax.training.state import init_state, state_spec
 from llmimg_jax.training.step import make_train_step
 from llmimg_jax.training.task import make_task
+from llmimg_jax.timing import median_seconds
 
 SMALL_DATA = ["data.shapes_num_train=512", "data.shapes_num_validation=64", "data.shapes_num_test=64"]
-
-
-def _median(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _trained_state(config_path: str, batch: int, workdir: str):
@@ -62,14 +51,15 @@ def main() -> None:
             box["state"], metrics = step_fn(box["state"], batch)
             return metrics["loss"]
 
-        train_s = _median(train_once, args.repeats)
+        train_s = median_seconds(train_once, args.repeats)
         from llmimg_jax.generator.gan.generate import GANGenerator, build_generator
         from llmimg_jax.generator.text_side import build_text_side
 
         text = build_text_side(config, gan_dir, lambda: prompts)
         gan = GANGenerator(build_generator(config), text, config.gan, int(config.data.image_size))
         params = box["state"]["params"]
-        gan_s = _median(lambda: gan.generate(params["g"], params["text"], prompts, seed=0), args.repeats)
+        gan_s = median_seconds(lambda: gan.generate(params["g"], params["text"], prompts, seed=0),
+                               args.repeats)
 
         dconfig, dtask, dspec, dstate, _ = _trained_state(args.diffusion_config, args.batch, diff_dir)
         from llmimg_jax.generator.diffusion.generate import DiffusionGenerator, build_unet, schedule_from
@@ -78,8 +68,9 @@ def main() -> None:
         diffusion = DiffusionGenerator(build_unet(dconfig), dtext, schedule_from(dconfig.diffusion),
                                        dconfig.diffusion, int(dconfig.data.image_size))
         dparams = dstate["params"]
-        ddim_s = _median(lambda: diffusion.generate(dparams["unet"], dparams["text"], prompts, seed=0, steps=50,
-                                                    sampler="ddim", guidance=3.0), max(1, args.repeats // 2))
+        ddim_s = median_seconds(lambda: diffusion.generate(dparams["unet"], dparams["text"], prompts, seed=0,
+                                                           steps=50, sampler="ddim", guidance=3.0),
+                                max(1, args.repeats // 2))
     size = int(config.data.image_size)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; S={size}, batch {args.batch}\n")
     print("| what | seconds per batch | images (examples)/s | GAN / DDIM |")

@@ -68,8 +68,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         return loss, {}
 
     trained = ("unet", "text") if text.trainable else ("unet",)
-    return Task(init=generator.init_params, phases=(Phase(trained, loss_fn),), batches=pipeline.global_batches, ema_groups=trained,
-                data_state=pipeline.state,
+    return Task(init=generator.init_params, phases=(Phase(trained, loss_fn),), batches=pipeline.global_batches,
+                ema_groups=trained, data_state=pipeline.state,
                 sample=sample_grid_hook(config, workdir, generator.generate, "unet", int(d.num_samples), d.use_ema),
                 pretrained=(lambda: {"text": text.pretrained()}) if text.pretrained else None)
 

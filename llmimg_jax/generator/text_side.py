@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, Callable, Iterable
 
 import jax
@@ -38,17 +39,31 @@ class TextSide:
     def max_length(self) -> int:
         return self.model.config.n_positions
 
-    def token_row(self, text: str) -> dict[str, np.ndarray]:
-        """ids and mask [max_length] of one text: its tokens then the end token (so `last` pooling reads it
-        all), right-padded; a longer text keeps its first tokens."""
-        ids = (self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id])
+    def _ids(self, text: str) -> list[int]:
+        # The end token closes every text, so `last` pooling reads all of it.
+        return self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+
+    def _row(self, ids: list[int]) -> dict[str, np.ndarray]:
         ids = ids[: self.max_length]
         pad = self.max_length - len(ids)
         return {"ids": np.asarray(ids + [self.tokenizer.pad_token_id] * pad, np.int32),
                 "attention_mask": np.asarray([1] * len(ids) + [0] * pad, np.int32)}
 
+    def token_row(self, text: str) -> dict[str, np.ndarray]:
+        """ids and mask [max_length] of one text and its end token, right-padded; a longer text keeps its first
+        tokens."""
+        return self._row(self._ids(text))
+
     def tokenize(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
-        rows = [self.token_row(t) for t in texts]
+        """Token rows of the texts; texts longer than the encoder's context are truncated, with one warning."""
+        texts = list(texts)
+        encoded = [self._ids(t) for t in texts]
+        long = [t for t, ids in zip(texts, encoded) if len(ids) > self.max_length]
+        if long:
+            warnings.warn(f"{len(long)} of {len(texts)} prompts are longer than the text encoder's {self.max_length} "
+                          f"tokens and were truncated to their first {self.max_length} (first: {long[0][:60]!r})",
+                          stacklevel=2)
+        rows = [self._row(ids) for ids in encoded]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     def init(self, rng: jax.Array) -> Any:

@@ -25,14 +25,15 @@ from llmimg_jax.pipeline import TextToImagePipeline
 DIVERSITY_PROMPTS, DIVERSITY_IMAGES = 10, 4
 
 
-def _real_images(config, num: int, offset: int) -> np.ndarray:
+def _real_images(config, num: int) -> np.ndarray:
+    """The first `num` validation images (uint8)."""
     from llmimg_jax.data.sources import make_source
 
     source = make_source(config.data, config.data.eval_split)
-    if offset + num > len(source):
-        raise UserError(f"the Fréchet baseline needs {offset + num} validation images but the split has "
+    if num > len(source):
+        raise UserError(f"the Fréchet baseline needs {num} validation images but the split has "
                         f"{len(source)}; lower --num")
-    return np.stack([source[i]["image"] for i in range(offset, offset + num)])
+    return np.stack([source[i]["image"] for i in range(num)])
 
 
 def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 300, seed: int = 0,
@@ -46,6 +47,10 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
                         f"data.source='{config.data.source}'")
     if num < 2:
         raise UserError(f"--num must be at least 2, got {num}")
+    # Two disjoint real sets (generated vs real, and the real-vs-real baseline), read before any sampling so a
+    # too-large --num fails at once.
+    real = _real_images(config, 2 * num)
+    real_a, real_b = real[:num], real[num:]
     out_dir = out_dir or os.path.join(workdir, "eval")
     expand = bool(pipe.lm_workdir) if expand is None else expand
     examples = make_eval_examples(num, seed)
@@ -64,7 +69,6 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
     from llmimg_jax.evaluation.probe import load_or_train_probe
 
     probe = load_or_train_probe(image_size=pipe.generator.image_size)
-    real_a, real_b = _real_images(config, num, 0), _real_images(config, num, num)
     features_a = probe.features(real_a)
     frechet = {f"generated ({name}) vs real": frechet_distance_from_features(probe.features(images), features_a)
                for name, images in generated.items()}

@@ -2,6 +2,7 @@
 
     llmimg train --config configs/shapes_lm.py --workdir W          # default (CPU: minutes)
     llmimg train --config configs/shapes_lm.py:tiny --workdir W     # tests: seconds
+    llmimg train --config configs/shapes_lm.py:edits --workdir W    # also learns edits (for `llmimg vary --edit`)
 """
 
 from llmimg_jax.config import base_config
@@ -23,6 +24,10 @@ def get_config(arg=None):
         config.expand.update(dict(eval_num=10, retries=1))
         config.train.update(dict(steps=20, batch_size=8, lr=5e-3, warmup_steps=2, checkpoint_every=10, log_every=5,
                                  eval_every=0, sample_every=0))
+    elif arg == "edits":
+        # description; edit -> new description: longer sequences, and more steps for the extra task.
+        config.lm.update(dict(edit_fraction=0.3, max_length=96))
+        config.train.steps = 2500
     elif arg is not None:
-        raise ValueError(f"unknown variant '{arg}'; use configs/shapes_lm.py or configs/shapes_lm.py:tiny")
+        raise ValueError(f"unknown variant '{arg}'; use '', 'tiny' or 'edits'")
     return config

@@ -3,6 +3,9 @@
     pipe = llmimg_jax.TextToImagePipeline.from_workdir("runs/shapes_diffusion")
     out = pipe(["a red circle above a blue square"], expand=True, guidance=3.0, steps=50, seed=0)
     out.images[0].save("x.png"); print(out.expansions[0])
+
+Prompts, and their expansions, pass the safety blocklist (`llmimg_jax.safety`; the default list unless another
+is given); `postprocess=True` lightly denoises and stretches the contrast of the images.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from PIL import Image
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.generator.load import LoadedGenerator, load_generator
+from llmimg_jax.safety import Blocklist, load_blocklist
 
 BATCH = 64  # prompts per sampling call; the last batch is padded so every call reuses one compiled loop
 
@@ -28,14 +32,17 @@ class PipelineOutput:
 
 
 class TextToImagePipeline:
-    def __init__(self, generator: LoadedGenerator, lm_workdir: str | None = None):
+    def __init__(self, generator: LoadedGenerator, lm_workdir: str | None = None, *,
+                 blocklist: Blocklist | None = None):
+        """`blocklist`: the prompt filter (default: the package's default list; `safety.NO_BLOCKLIST` for none)."""
         self.generator = generator
         self.lm_workdir = lm_workdir
+        self.blocklist = load_blocklist() if blocklist is None else blocklist
         self._expander = None
 
     @classmethod
-    def from_workdir(cls, workdir: str, *, lm_workdir: str | None = None, use_ema: bool = True
-                     ) -> "TextToImagePipeline":
+    def from_workdir(cls, workdir: str, *, lm_workdir: str | None = None, use_ema: bool = True,
+                     blocklist: Blocklist | None = None) -> "TextToImagePipeline":
         """A generator workdir (or a quickstart workdir); its text encoder's LM workdir serves as the prompt
         expander unless another is given."""
         from llmimg_jax.quickstart import resolve_workdirs
@@ -44,7 +51,8 @@ class TextToImagePipeline:
             raise UserError(f"workdir '{workdir}' does not exist; pass the --workdir of a training run")
         generator_dir, quickstart_lm = resolve_workdirs(workdir)
         generator = load_generator(generator_dir, use_ema=use_ema)
-        return cls(generator, lm_workdir or quickstart_lm or generator.config.text.lm_workdir or None)
+        return cls(generator, lm_workdir or quickstart_lm or generator.config.text.lm_workdir or None,
+                   blocklist=blocklist)
 
     @property
     def expander(self):
@@ -58,11 +66,18 @@ class TextToImagePipeline:
         return self._expander
 
     def expand(self, prompts: Sequence[str], seed: int = 0) -> list[str]:
-        return self.expander.expand(list(prompts), seed=seed)
+        """The prompts rewritten by the LM; a blocked term in a prompt (checked before the LM runs) or in its
+        expansion is a UserError."""
+        prompts = list(prompts)
+        self.blocklist.check(prompts)
+        expansions = self.expander.expand(prompts, seed=seed)
+        self.blocklist.check(prompts, expansions=expansions)
+        return expansions
 
     def generate_arrays(self, prompts: Sequence[str], *, seed: int = 0, num_images: int = 1,
                         **options: Any) -> np.ndarray:
-        """uint8 [len(prompts) * num_images, S, S, 3], prompt-major; deterministic for a seed."""
+        """uint8 [len(prompts) * num_images, S, S, 3], prompt-major; deterministic for a seed. The raw sampler:
+        no blocklist, no post-processing (`__call__` adds them)."""
         if num_images < 1:
             raise UserError(f"--num-images must be at least 1, got {num_images}")
         rows = [p for p in prompts for _ in range(num_images)]
@@ -76,11 +91,17 @@ class TextToImagePipeline:
         return np.concatenate(out)
 
     def __call__(self, prompts: Sequence[str] | str, *, expand: bool = False, seed: int = 0, num_images: int = 1,
-                 **options: Any) -> PipelineOutput:
-        """Images for the prompts; `options` are the generator's (guidance, steps, sampler, eta; truncation)."""
+                 postprocess: bool = False, **options: Any) -> PipelineOutput:
+        """Images for the prompts; `options` are the generator's (guidance, steps, sampler, eta; truncation).
+        Blocked prompts are refused before anything is drawn, blocked expansions before drawing them."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p.strip() for p in prompts):
             raise UserError("a prompt is empty; pass non-empty text")
+        self.blocklist.check(prompts)
         expansions = self.expand(prompts, seed=seed) if expand else None
         arrays = self.generate_arrays(expansions or prompts, seed=seed, num_images=num_images, **options)
+        if postprocess:
+            from llmimg_jax.generator.postprocess import postprocess_images
+
+            arrays = postprocess_images(arrays)
         return PipelineOutput([Image.fromarray(a) for a in arrays], prompts, expansions)

@@ -1,4 +1,5 @@
-"""`llmimg eval`: measure a generator workdir on the Shapes world (alignment, Fréchet distance, diversity)."""
+"""`llmimg eval`: measure a generator workdir (Shapes: alignment, Fréchet distance, diversity; other data sets:
+the Fréchet distance with a user's feature extractor)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import os
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("eval", help="measure a generator: alignment per kind, Fréchet distance, diversity",
-                            description="Writes WORKDIR/eval/report.md, report.json and plots.")
+                            description="Writes WORKDIR/eval/report.md, report.json and plots. Alignment is "
+                            "measured on the Shapes world only; for other data sets pass --features.")
     p.add_argument("--workdir", required=True, help="workdir of a diffusion or GAN run")
     p.add_argument("--lm-workdir", help="prompt expander (default: the generator's text LM, if it has one)")
-    p.add_argument("--num", type=int, default=300, help="held-out instructions, balanced over the kinds")
+    p.add_argument("--num", type=int, default=300,
+                   help="held-out instructions, balanced over the kinds (other data sets: validation captions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="report folder (default WORKDIR/eval)")
     p.add_argument("--no-expand", action="store_true", help="score only the instructions as given")
+    p.add_argument("--features", metavar="MODULE:FUNCTION",
+                   help="feature extractor for the Fréchet distance, MODULE:FUNCTION or file.py:FUNCTION, "
+                        "f(images uint8 [N, S, S, 3]) -> [N, D]; needed unless the data set is the Shapes world")
     p.add_argument("--steps", type=int, help="sampling steps (diffusion)")
     p.add_argument("--guidance", type=float, help="guidance scale (diffusion)")
     p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion)")
@@ -28,10 +34,13 @@ def run(args: argparse.Namespace) -> None:
     options = {k: getattr(args, k) for k in ("steps", "guidance", "sampler", "truncation")
                if getattr(args, k) is not None}
     results = evaluate_workdir(args.workdir, lm_workdir=args.lm_workdir, num=args.num, seed=args.seed,
-                               out_dir=args.out, expand=False if args.no_expand else None, **options)
-    for name, scores in results["alignment"].items():
+                               out_dir=args.out, expand=False if args.no_expand else None, features=args.features,
+                               **options)
+    for name, scores in results.get("alignment", {}).items():
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in scores["per_kind"].items())
         print(f"alignment {name}: {scores['accuracy']:.3f} ({kinds})")
+    if "alignment" not in results:
+        print(f"alignment: {results['settings']['alignment']}")
     for name, value in results["frechet"].items():
-        print(f"Fréchet distance, {name}: {value:.1f}")
+        print(f"Fréchet distance, {name}: {value:.4g}")
     print(f"report: {os.path.join(args.out or os.path.join(args.workdir, 'eval'), 'report.md')}")

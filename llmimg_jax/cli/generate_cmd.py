@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmimg_jax.cli.prompts import add_prompt_arguments, read_prompts
+from llmimg_jax.cli.prompts import add_blocklist_argument, add_prompt_arguments, load_prompt_blocklist, read_prompts
 from llmimg_jax.errors import UserError
 
 
@@ -27,6 +27,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion)")
     p.add_argument("--eta", type=float, help="DDIM eta (diffusion)")
     p.add_argument("--truncation", type=float, help="noise truncation (GAN)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="remove isolated noise pixels and widen a low contrast (off by default)")
+    add_blocklist_argument(p)
     p.set_defaults(run=run)
 
 
@@ -35,13 +38,15 @@ def run(args: argparse.Namespace) -> None:
     from llmimg_jax.pipeline import TextToImagePipeline
 
     prompts = read_prompts(args)
+    blocklist = load_prompt_blocklist(args, prompts)
     to_folder = bool(args.prompts_file) or len(prompts) > 1
     if not args.grid and not to_folder and args.num_images == 1 and not args.out.lower().endswith(".png"):
         raise UserError(f"--out '{args.out}' should be a .png file for one prompt (or pass --grid)")
     options = {k: getattr(args, k) for k in ("guidance", "steps", "sampler", "eta", "truncation")
                if getattr(args, k) is not None}
-    pipe = TextToImagePipeline.from_workdir(args.workdir, lm_workdir=args.lm_workdir)
-    out = pipe(prompts, expand=args.expand, seed=args.seed, num_images=args.num_images, **options)
+    pipe = TextToImagePipeline.from_workdir(args.workdir, lm_workdir=args.lm_workdir, blocklist=blocklist)
+    out = pipe(prompts, expand=args.expand, seed=args.seed, num_images=args.num_images,
+               postprocess=args.postprocess, **options)
     drawn = out.expansions or prompts
     if args.grid:
         captions = [text for text in drawn for _ in range(args.num_images)]

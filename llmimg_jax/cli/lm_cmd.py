@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmimg_jax.cli.prompts import add_prompt_arguments, read_prompts
+from llmimg_jax.cli.prompts import (add_blocklist_argument, add_prompt_arguments, load_prompt_blocklist,
+                                    read_prompts)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -13,6 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  description="Expand each instruction with a trained prompt-expander LM.")
     expand.add_argument("--workdir", required=True, help="workdir of a language-model run")
     add_prompt_arguments(expand)
+    add_blocklist_argument(expand)
     expand.add_argument("--out", help="write one description per line to this file instead of printing")
     expand.add_argument("--seed", type=int, default=0)
     expand.add_argument("--eval", type=int, metavar="N",
@@ -33,8 +35,10 @@ def run_expand(args: argparse.Namespace) -> None:
     if args.eval:
         return _evaluate(args)
     prompts = read_prompts(args)
+    blocklist = load_prompt_blocklist(args, prompts)
     expander = load_expander(args.workdir)
     descriptions = expander.expand(prompts, seed=args.seed)
+    blocklist.check(prompts, expansions=descriptions)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:

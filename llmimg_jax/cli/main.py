@@ -10,7 +10,8 @@ from llmimg_jax.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmimg_jax.cli import data_cmd, eval_cmd, generate_cmd, lm_cmd, quickstart_cmd, train_cmd
+    from llmimg_jax.cli import (data_cmd, describe_cmd, eval_cmd, generate_cmd, lm_cmd, quickstart_cmd, train_cmd,
+                                vary_cmd)
 
     parser = argparse.ArgumentParser(
         prog="llmimg",
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (quickstart_cmd, data_cmd, train_cmd, lm_cmd, generate_cmd, eval_cmd):
+    for module in (quickstart_cmd, data_cmd, train_cmd, lm_cmd, describe_cmd, vary_cmd, generate_cmd,
+                   eval_cmd):
         module.register(commands)
     return parser
 

@@ -1,10 +1,11 @@
-"""Reading prompts from the command line or a prompts file, with one-line errors for bad input."""
+"""Reading prompts from the command line or a prompts file, with one-line errors for bad input; the blocklist."""
 
 from __future__ import annotations
 
 import argparse
 
 from llmimg_jax.errors import UserError
+from llmimg_jax.safety import Blocklist, load_blocklist
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,3 +40,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if not prompts:
         raise UserError(f"prompts file '{args.prompts_file}' is empty; write one prompt per line")
     return prompts
+
+
+def add_blocklist_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blocklist", metavar="FILE",
+                        help="more blocked terms, one per line ('#' comments), added to the default list; prompts "
+                             "(and expansions) containing one are refused")
+
+
+def load_prompt_blocklist(args: argparse.Namespace, prompts: list[str]) -> Blocklist:
+    """The default blocklist plus `--blocklist FILE`; refuses blocked prompts at once (before any model loads)."""
+    blocklist = load_blocklist(args.blocklist)
+    blocklist.check(prompts)
+    return blocklist

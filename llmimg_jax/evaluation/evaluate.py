@@ -1,86 +1,136 @@
-"""`llmimg eval`: a generator workdir measured on the Shapes world.
+"""`llmimg eval`: a generator workdir measured on its validation data.
 
-Alignment (GenEval-style, per instruction kind and attribute) on held-out instructions, drawn from the
-instruction itself and, when a prompt expander is available, from its expansion; a Fréchet distance between
-generated and real validation images on the Shapes probe's features, next to a real-vs-real baseline at the same
-count (the distance is biased at small N); sample diversity; plots; `report.md` / `report.json`.
+On the Shapes world: alignment (GenEval-style, per instruction kind and attribute) on held-out instructions,
+drawn from the instruction itself and, when a prompt expander is available, from its expansion; a Fréchet
+distance between generated and real validation images on the Shapes probe's features, next to a real-vs-real
+baseline at the same count (the distance is biased at small N); sample diversity; plots; `report.md` /
+`report.json`. On any other data set (alignment is Shapes-only): the Fréchet distance and feature diversity with
+a feature extractor the user names (`features`, see `features.py`), images drawn from the validation captions.
+With `features` on Shapes data, the user's Fréchet distance comes next to the probe's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import types
+from typing import Callable
 
 import numpy as np
 
+from llmimg_jax.config import load_workdir_config
 from llmimg_jax.errors import UserError
 from llmimg_jax.evaluation.alignment import make_eval_examples, score_images
-from llmimg_jax.evaluation.diversity import diversity
+from llmimg_jax.evaluation.diversity import diversity, feature_diversity
+from llmimg_jax.evaluation.features import extract_features, load_feature_extractor
 from llmimg_jax.evaluation.frechet import frechet_distance_from_features
 from llmimg_jax.evaluation.grid import save_grid
 from llmimg_jax.evaluation.plots import accuracy_bar_chart, loss_curve
 from llmimg_jax.evaluation.report import write_report
 from llmimg_jax.pipeline import TextToImagePipeline
+from llmimg_jax.safety import NO_BLOCKLIST
+
+log = logging.getLogger(__name__)
 
 DIVERSITY_PROMPTS, DIVERSITY_IMAGES = 10, 4
 
 
-def _real_images(config, num: int) -> np.ndarray:
-    """The first `num` validation images (uint8)."""
+def _generator_config(workdir: str):
+    """The generator's config, read before any model loads (a quickstart workdir names its generator run)."""
+    from llmimg_jax.quickstart import resolve_workdirs
+
+    if not os.path.isdir(workdir):
+        raise UserError(f"workdir '{workdir}' does not exist; pass the --workdir of a training run")
+    return load_workdir_config(resolve_workdirs(workdir)[0])
+
+
+def _real_examples(config, num: int, *, need_baseline: bool) -> tuple[np.ndarray, list[str]]:
+    """The first 2 * num validation images (uint8) and captions: num to compare with, num for the real-vs-real
+    baseline. Fewer than num is an error; fewer than 2 * num too when `need_baseline`, else the baseline is
+    skipped with a warning."""
     from llmimg_jax.data.sources import make_source
 
     source = make_source(config.data, config.data.eval_split)
-    if num > len(source):
-        raise UserError(f"the Fréchet baseline needs {num} validation images but the split has "
+    if len(source) < (2 * num if need_baseline else num):
+        need = "the Fréchet distance and its baseline need" if need_baseline else "the Fréchet distance needs"
+        raise UserError(f"{need} {2 * num if need_baseline else num} validation images but the split has "
                         f"{len(source)}; lower --num")
-    return np.stack([source[i]["image"] for i in range(num)])
+    if len(source) < 2 * num:
+        log.warning("skipped the real-vs-real Fréchet baseline: it needs %d validation images, the split has %d",
+                    2 * num, len(source))
+    examples = [source[i] for i in range(min(2 * num, len(source)))]
+    return np.stack([e["image"] for e in examples]), [e["text"] for e in examples]
+
+
+def _frechet(features: Callable[[np.ndarray], np.ndarray], generated: dict[str, np.ndarray], real: np.ndarray,
+             num: int, label: str = "") -> dict[str, float]:
+    """Generated vs the first num real images per condition, and the real-vs-real baseline when there is one."""
+    reference = features(real[:num])
+    out = {f"generated ({name}) vs real{label}": frechet_distance_from_features(features(images), reference)
+           for name, images in generated.items()}
+    if len(real) >= 2 * num:
+        out[f"real vs real (baseline, same N){label}"] = frechet_distance_from_features(features(real[num:]),
+                                                                                          reference)
+    return out
 
 
 def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 300, seed: int = 0,
-                     out_dir: str | None = None, expand: bool | None = None, **options) -> dict:
-    """Evaluates the generator of `workdir`; writes `out_dir` (default `workdir/eval`) and returns the results."""
+                     out_dir: str | None = None, expand: bool | None = None, features: str | None = None,
+                     **options) -> dict:
+    """Evaluates the generator of `workdir`; writes `out_dir` (default `workdir/eval`) and returns the results.
+    `features`: `MODULE:FUNCTION` or `file.py:FUNCTION` (needed unless the data set is the Shapes world)."""
     start = time.time()
-    pipe = TextToImagePipeline.from_workdir(workdir, lm_workdir=lm_workdir)
-    config = pipe.generator.config
-    if config.data.source != "shapes":
-        raise UserError("llmimg eval measures alignment on the Shapes world; this workdir was trained on "
-                        f"data.source='{config.data.source}'")
     if num < 2:
         raise UserError(f"--num must be at least 2, got {num}")
-    # Two disjoint real sets (generated vs real, and the real-vs-real baseline), read before any sampling so a
-    # too-large --num fails at once.
-    real = _real_images(config, 2 * num)
-    real_a, real_b = real[:num], real[num:]
+    config = _generator_config(workdir)
+    shapes = config.data.source == "shapes"
+    if not shapes and not features:
+        raise UserError(f"this generator was trained on data.source='{config.data.source}': alignment is measured "
+                        "on the Shapes world only, and the Fréchet distance needs a feature extractor: pass "
+                        "--features MODULE:FUNCTION (f(images uint8 [N, S, S, 3]) -> features [N, D])")
+    extractor = load_feature_extractor(features) if features else None
+    # Read before any sampling, so a too-large --num fails at once.
+    real, captions = _real_examples(config, num, need_baseline=shapes)
+    # Evaluation draws held-out instructions or the data set's own captions, not the user's prompts: no filter.
+    pipe = TextToImagePipeline.from_workdir(workdir, lm_workdir=lm_workdir, blocklist=NO_BLOCKLIST)
     out_dir = out_dir or os.path.join(workdir, "eval")
     expand = bool(pipe.lm_workdir) if expand is None else expand
-    examples = make_eval_examples(num, seed)
-    pairs = [(kind, text) for kind, text, _ in examples]
-    prompts = [text for _, text in pairs]
+    if shapes:
+        pairs = [(kind, text) for kind, text, _ in make_eval_examples(num, seed)]
+        prompts = [text for _, text in pairs]
+    else:
+        prompts = captions[:num]  # each generated image has a real counterpart drawn from the same caption
 
     conditions = {"without expansion": prompts}
     if expand:
         conditions["with expansion"] = pipe.expand(prompts, seed=seed)
-    alignment, generated = {}, {}
-    for name, texts in conditions.items():
-        generated[name] = pipe.generate_arrays(texts, seed=seed, **options)
-        alignment[name] = score_images(generated[name], pairs)
+    generated = {name: pipe.generate_arrays(texts, seed=seed, **options) for name, texts in conditions.items()}
     best = "with expansion" if expand else "without expansion"
-
-    from llmimg_jax.evaluation.probe import load_or_train_probe
-
-    probe = load_or_train_probe(image_size=pipe.generator.image_size)
-    features_a = probe.features(real_a)
-    frechet = {f"generated ({name}) vs real": frechet_distance_from_features(probe.features(images), features_a)
-               for name, images in generated.items()}
-    frechet["real vs real (baseline, same N)"] = frechet_distance_from_features(probe.features(real_b), features_a)
-
     groups_prompts = conditions[best][:DIVERSITY_PROMPTS]
     groups = pipe.generate_arrays(groups_prompts, seed=seed + 1, num_images=DIVERSITY_IMAGES, **options)
     groups = list(groups.reshape(len(groups_prompts), DIVERSITY_IMAGES, *groups.shape[1:]))
 
+    def user_features(images: np.ndarray) -> np.ndarray:
+        return extract_features(extractor, images, f"--features '{features}'")
+
+    frechet, plots = {}, []
     os.makedirs(out_dir, exist_ok=True)
-    plots = [accuracy_bar_chart([alignment[n]["per_kind"] for n in alignment],
-                                os.path.join(out_dir, "accuracy_per_kind.png"), labels=tuple(alignment))]
+    if shapes:
+        from llmimg_jax.evaluation.probe import load_or_train_probe
+
+        alignment = {name: score_images(images, pairs) for name, images in generated.items()}
+        probe = load_or_train_probe(image_size=pipe.generator.image_size)
+        frechet.update(_frechet(probe.features, generated, real, num))
+        sample_diversity = diversity(groups, probe)
+        plots.append(accuracy_bar_chart([alignment[n]["per_kind"] for n in alignment],
+                                        os.path.join(out_dir, "accuracy_per_kind.png"), labels=tuple(alignment)))
+    else:
+        sample_diversity = {"feature_distance": feature_diversity(types.SimpleNamespace(features=user_features),
+                                                                  groups)}
+    if extractor is not None:
+        frechet.update(_frechet(user_features, generated, real, num, label=f" (features {features})"))
+
     metrics = os.path.join(pipe.generator.workdir, "metrics.jsonl")
     if os.path.isfile(metrics):
         plots.append(loss_curve(metrics, os.path.join(out_dir, "loss.png")))
@@ -89,13 +139,17 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
                            os.path.join(out_dir, "eval_samples.png")))
     results = {
         "title": f"Evaluation of {os.path.basename(os.path.abspath(workdir))} ({pipe.generator.kind})",
-        "settings": {"workdir": pipe.generator.workdir, "step": pipe.generator.step, "instructions": num, "seed": seed,
-                     "expander": pipe.lm_workdir or "none", **options,
+        "settings": {"workdir": pipe.generator.workdir, "step": pipe.generator.step, "data": config.data.source,
+                     ("instructions" if shapes else "captions"): num, "seed": seed,
+                     "expander": pipe.lm_workdir or "none", "features": features or "Shapes probe", **options,
                      "seconds": round(time.time() - start, 1)},
-        "alignment": alignment,
         "frechet": frechet,
-        "diversity": {best: diversity(groups, probe)},
+        "diversity": {best: sample_diversity},
         "plots": [os.path.relpath(p, out_dir) for p in plots],
     }
+    if shapes:
+        results["alignment"] = alignment
+    else:
+        results["settings"]["alignment"] = f"not measured: Shapes world only (data.source='{config.data.source}')"
     write_report(results, out_dir)
     return results

@@ -92,7 +92,7 @@ def write_report(results: Mapping[str, Any], out_dir: str) -> str:
     frechet = plain.get("frechet")
     if frechet is not None:
         frechet = frechet if isinstance(frechet, Mapping) else {"probe features": frechet}
-        lines += ["## Fréchet distance (probe features; lower is closer to real images)", ""]
+        lines += ["## Fréchet distance (lower is closer to real images)", ""]
         lines += _table(["images", "distance"], [[k, _fmt(v)] for k, v in frechet.items()])
     if plain.get("diversity"):
         diversity = plain["diversity"]

@@ -11,6 +11,11 @@ KV cache (`decode=True`, flax "cache" collection): every attention layer keeps `
 cache slots hold real tokens). A call writes its T tokens at `index`, attends to every real slot at or before its
 own, and advances `index` by T. Create the cache with `init_cache` (max length S), prefill with the padded prompt,
 then feed one token per step.
+
+Prefix (ClipCap-style image conditioning): `prefix_embeds [B, P, E]` are placed before the token embeddings. They
+take the learned positions 0..P-1 (tokens follow at P, P+1, ...), attend causally among themselves, and every token
+attends to all of them; logits and hidden states cover the token positions only. When decoding, pass the prefix
+with the prefill call only: it fills the first P cache slots (so create the cache for P + prompt + new tokens).
 """
 
 from __future__ import annotations
@@ -182,18 +187,29 @@ class GPT2(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False, output_hidden_states: bool = False):
+                 decode: bool = False, output_hidden_states: bool = False, prefix_embeds: jax.Array | None = None):
         """input_ids [B, T] -> logits [B, T, V] float32.
 
         attention_mask [B, T]: 1 = real token, 0 = padding (never attended to). With output_hidden_states,
         returns (logits, hidden [n_layer + 1, B, T, E]) laid out as Hugging Face's: hidden[0] = embeddings,
         hidden[i] = output of block i, hidden[-1] = ln_f(output of the last block).
+        prefix_embeds [B, P, E]: vectors read before the tokens (see the module docstring); outputs still cover
+        the T tokens only.
         """
         cfg = self.config
-        batch, length = input_ids.shape
+        batch, num_tokens = input_ids.shape
         if attention_mask is None:
-            attention_mask = jnp.ones((batch, length), jnp.int32)
+            attention_mask = jnp.ones((batch, num_tokens), jnp.int32)
         attention_mask = attention_mask.astype(jnp.int32)
+        num_prefix = 0
+        if prefix_embeds is not None:
+            if prefix_embeds.ndim != 3 or prefix_embeds.shape[0] != batch or prefix_embeds.shape[2] != cfg.n_embd:
+                raise ValueError(f"prefix_embeds must be [batch={batch}, P, n_embd={cfg.n_embd}], "
+                                 f"got {prefix_embeds.shape}")
+            num_prefix = prefix_embeds.shape[1]
+            # The prefix is a run of always-real slots ahead of the tokens: one sequence of P + T from here on.
+            attention_mask = jnp.concatenate([jnp.ones((batch, num_prefix), jnp.int32), attention_mask], axis=1)
+        length = num_prefix + num_tokens
 
         cache_index = jnp.zeros((), jnp.int32)
         decoding = decode and self.has_variable("cache", "index")
@@ -210,7 +226,8 @@ class GPT2(nn.Module):
             mask = (key_slot[None, :] <= query_slot[:, None])[None] & (key_mask.value[:, None, :] > 0)
         else:
             if length > cfg.n_positions:
-                raise UserError(f"input of {length} tokens is longer than n_positions={cfg.n_positions}; "
+                what = f"{num_prefix} prefix vectors + {num_tokens} tokens" if num_prefix else f"{length} tokens"
+                raise UserError(f"input of {what} is longer than n_positions={cfg.n_positions}; "
                                 "truncate the text or use a model with more positions")
             seen = jnp.zeros((batch, 1), jnp.int32)
             causal = jnp.tril(jnp.ones((length, length), bool))
@@ -222,7 +239,10 @@ class GPT2(nn.Module):
                        embedding_init=_init(_normal(0.02), ("vocab", "embed")))
         wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="wpe",
                        embedding_init=_init(_normal(0.01), ("pos", "embed")))
-        x = wte(input_ids) + wpe(positions)
+        x = wte(input_ids)
+        if prefix_embeds is not None:
+            x = jnp.concatenate([prefix_embeds.astype(x.dtype), x], axis=1)
+        x = x + wpe(positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
         block = Block
@@ -240,10 +260,10 @@ class GPT2(nn.Module):
             for i in range(cfg.n_layer):
                 x, _ = block(cfg, decode, deterministic, name=f"h_{i}")(x, mask, cache_index)
                 hidden.append(x)
-        x = _layer_norm(cfg, "ln_f")(x)
+        x = _layer_norm(cfg, "ln_f")(x[:, num_prefix:])
         logits = wte.attend(x).astype(jnp.float32)  # tied output embedding
         if output_hidden_states:
-            hidden[-1] = x
+            hidden = [h[:, num_prefix:] for h in hidden[:-1]] + [x]
             return logits, jnp.stack(hidden)
         return logits
 
@@ -262,7 +282,7 @@ def logical_specs(model: GPT2) -> Any:
 
 
 def init_cache(model: GPT2, batch_size: int, max_length: int) -> Any:
-    """An empty KV cache for `batch_size` rows of up to `max_length` tokens (prompt + generated)."""
+    """An empty KV cache for `batch_size` rows of up to `max_length` slots (prefix + prompt + generated)."""
     if max_length > model.config.n_positions:
         raise UserError(f"cache of {max_length} tokens exceeds n_positions={model.config.n_positions}; "
                         "shorten the prompt or max_new_tokens")

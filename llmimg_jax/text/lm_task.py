@@ -7,6 +7,7 @@ The loss is next-token cross-entropy on the description tokens.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -20,6 +21,7 @@ from llmimg_jax.data.pipeline import Pipeline
 from llmimg_jax.data.sources import make_source, validation_texts
 from llmimg_jax.data.tokenizer import ensure_tokenizer
 from llmimg_jax.text.gpt2 import GPT2, gpt2_config
+from llmimg_jax.text.edit_format import edit_texts, with_edits
 from llmimg_jax.text.prompt_format import training_example
 from llmimg_jax.training.task import Phase, Task
 
@@ -34,6 +36,7 @@ def default_lm_config() -> ml_collections.ConfigDict:
         n_head=0,
         max_length=96,     # tokens per training sequence (instruction + description); also n_positions
         dropout=0.0,
+        edit_fraction=0.0,  # share of Shapes examples turned into edit triples (description; edit -> new description)
         scan_layers=False,
         remat=False,
     ))
@@ -85,11 +88,14 @@ def next_token_loss(logits: jax.Array, ids: jax.Array, loss_mask: jax.Array) -> 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     source = make_source(config.data, config.data.train_split)
-    tokenizer = ensure_tokenizer(config.text, workdir, lambda: corpus(source))
+    edit_fraction = float(config.lm.edit_fraction)
+    tokenizer = ensure_tokenizer(config.text, workdir, lambda: itertools.chain(
+        corpus(source), edit_texts(source, TOKENIZER_CORPUS_EXAMPLES) if edit_fraction > 0 else ()))
     model = build_lm(config, len(tokenizer))
     max_length = int(config.lm.max_length)
+    preprocess = with_edits(lm_preprocess(tokenizer, max_length), tokenizer, max_length, edit_fraction)
     pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
-                        preprocess=lm_preprocess(tokenizer, max_length), shuffle=config.data.shuffle,
+                        preprocess=preprocess, shuffle=config.data.shuffle,
                         prefetch=config.data.prefetch)
 
     def init(rng):

@@ -60,6 +60,7 @@ TASKS: dict[str, str] = {
     "lm": "llmimg_jax.text.lm_task:make_task",
     "diffusion": "llmimg_jax.generator.diffusion.task:make_task",
     "gan": "llmimg_jax.generator.gan.task:make_task",
+    "captioner": "llmimg_jax.text.captioner_task:make_task",
 }
 
 

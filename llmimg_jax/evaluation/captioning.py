@@ -1,0 +1,99 @@
+"""Captioner evaluation on Shapes validation images.
+
+captioning   the description parses (`grammar.parse_description`) and equals the ground-truth scene; per
+             attribute, objects are paired in reading order (a missing partner or an unparsable description
+             fails every attribute of that object)
+round trip   image -> description -> redrawn image; the redrawn image must satisfy the original's full scene
+             as an explicit instruction (the project's Shapes checker, `alignment.score_images`)
+edit         image -> description + a random valid edit -> prompt expander -> redrawn image; it must satisfy the
+             edited scene
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llmimg_jax.data.shapes.edits import sample_edit
+from llmimg_jax.data.shapes.grammar import describe, parse_description
+from llmimg_jax.data.shapes.scene import Scene
+from llmimg_jax.data.shapes.spec import ShapesError
+from llmimg_jax.errors import UserError
+from llmimg_jax.evaluation.alignment import EVAL_SEED_OFFSET, score_images
+from llmimg_jax.text.edit_format import edit_prompt
+
+OBJECT_ATTRIBUTES = ("shape", "colour", "size", "cell")
+
+
+def validation_examples(data_config, num: int) -> tuple[np.ndarray, list[Scene]]:
+    """The first `num` images (uint8 [N, S, S, 3]) of the Shapes evaluation split and their true scenes."""
+    from llmimg_jax.data.sources import make_source
+
+    if data_config.source != "shapes":
+        raise UserError(f"captioning evaluation needs data.source='shapes' (got '{data_config.source}')")
+    source = make_source(data_config, data_config.eval_split)
+    if num < 1 or num > len(source):
+        raise UserError(f"asked for {num} validation images but the split holds {len(source)}; pass 1..{len(source)}")
+    examples = [source[i] for i in range(num)]
+    scenes = [Scene.from_json({"objects": e["objects"], "background": e["background"]}) for e in examples]
+    return np.stack([e["image"] for e in examples]), scenes
+
+
+def score_descriptions(descriptions: list[str], scenes: list[Scene]) -> dict:
+    """Exact match, parse rate and per-attribute accuracy of descriptions against true scenes."""
+    if len(descriptions) != len(scenes) or not scenes:
+        raise UserError(f"{len(descriptions)} descriptions for {len(scenes)} scenes; pass one per scene")
+    exact, valid = [], []
+    hits = {a: [] for a in ("count", "background") + OBJECT_ATTRIBUTES}
+    for text, truth in zip(descriptions, scenes):
+        try:
+            got = parse_description(text)
+        except ShapesError:
+            got = None
+        valid.append(got is not None)
+        exact.append(got == truth)
+        hits["count"].append(got is not None and len(got.objects) == len(truth.objects))
+        hits["background"].append(got is not None and got.background == truth.background)
+        found = list(got.objects) if got is not None else []
+        for i, obj in enumerate(truth.objects):
+            other = found[i] if i < len(found) else None
+            for attr in OBJECT_ATTRIBUTES:
+                hits[attr].append(other is not None and getattr(other, attr) == getattr(obj, attr))
+    return {"exact": float(np.mean(exact)), "valid": float(np.mean(valid)), "num": len(scenes),
+            "per_attribute": {a: float(np.mean(v)) for a, v in hits.items()}, "correct": [bool(x) for x in exact]}
+
+
+def captioning_accuracy(captioner, data_config, num: int = 500) -> dict:
+    """Scores `captioner.describe` on the first `num` validation images (see the module docstring)."""
+    images, scenes = validation_examples(data_config, num)
+    descriptions = captioner.describe(images)
+    result = score_descriptions(descriptions, scenes)
+    result["examples"] = [{"truth": describe(s), "description": d} for s, d in list(zip(scenes, descriptions))[:20]]
+    return result
+
+
+def round_trip_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 0, **options: Any) -> dict:
+    """image -> description -> `pipeline` (a TextToImagePipeline) -> image, scored against the true scene."""
+    images, scenes = validation_examples(data_config, num)
+    descriptions = captioner.describe(images)
+    redrawn = pipeline.generate_arrays(descriptions, seed=seed, **options)
+    result = score_images(redrawn, [describe(s) for s in scenes])
+    result["caption_exact"] = score_descriptions(descriptions, scenes)["exact"]
+    return result
+
+
+def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 0, **options: Any) -> dict:
+    """image -> (description + random edit) -> prompt expander -> image, scored against the edited scene."""
+    images, scenes = validation_examples(data_config, num)
+    rng = np.random.default_rng(EVAL_SEED_OFFSET + seed)
+    edits, targets = zip(*(sample_edit(scene, rng) for scene in scenes))
+    descriptions = captioner.describe(images)
+    prompts = [edit_prompt(d, e) for d, e in zip(descriptions, edits)]
+    expanded = pipeline.expand(prompts, seed=seed)
+    redrawn = pipeline.generate_arrays(expanded, seed=seed, **options)
+    result = score_images(redrawn, [describe(t) for t in targets])
+    result["expansion_exact"] = score_descriptions(expanded, list(targets))["exact"]
+    result["examples"] = [{"prompt": p, "expanded": x, "target": describe(t)}
+                          for p, x, t in list(zip(prompts, expanded, targets))[:10]]
+    return result

@@ -1,8 +1,11 @@
-"""The generators' text side: tokenizer and GPT-2 text encoder, shared by diffusion and GAN.
+"""The generators' text side: tokenizer and text encoder (GPT-2 or BERT), shared by diffusion and GAN.
 
-The encoder is the language model of `text.lm_workdir` (its trained weights start the `text` group), or a fresh
-GPT-2 of `text.preset` with a tokenizer trained on the captions. Its description (`text_model.json`) and
-tokenizer are copied into the generator's workdir, so that workdir alone is enough to generate.
+`text.encoder="gpt2"`: the language model of `text.lm_workdir` (its trained weights start the `text` group), or a
+fresh GPT-2 of `text.preset` with a tokenizer trained on the captions.
+`text.encoder="bert"`: the pretrained BERT of `text.encoder_path` (default: the MiniLM checkpoint of the
+`pretrained` extra) with its WordPiece tokenizer; its weights start the `text` group.
+Either way the encoder's description (`text_model.json`) and tokenizer are copied into the generator's workdir,
+so that workdir alone is enough to generate.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 
 from llmimg_jax.data.tokenizer import ensure_tokenizer, load_tokenizer
 from llmimg_jax.errors import UserError
-from llmimg_jax.text.encoder import encode
+from llmimg_jax.text.bert import Bert, BertConfig, load_bert_config, load_bert_params, load_bert_tokenizer
+from llmimg_jax.text.encoder import encode, encoding_from_hidden
 from llmimg_jax.text.gpt2 import GPT2, GPT2Config, gpt2_config
 
 TEXT_MODEL_FILE = "text_model.json"
@@ -96,11 +100,71 @@ def _lm_from_workdir(lm_workdir: str, dtype: str) -> tuple[Any, GPT2, Callable[[
     return tokenizer, model, pretrained
 
 
+@dataclasses.dataclass
+class BertTextSide(TextSide):
+    """A BERT encoder: rows are `[CLS] text [SEP]`, the pooled vector is the mean over real tokens (as
+    sentence-transformers pools), `layer` indexes the hidden states (0 = embeddings, -1 = last layer)."""
+    length: int = 48  # tokens per row; BERT's positions (512) are far more than captions need
+
+    @property
+    def max_length(self) -> int:
+        return self.length
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def _row(self, ids: list[int]) -> dict[str, np.ndarray]:
+        if len(ids) > self.max_length:  # keep the closing [SEP], as the tokenizer's own truncation does
+            ids = ids[: self.max_length - 1] + [self.tokenizer.sep_token_id]
+        return super()._row(ids)
+
+    def condition(self, params: Any, ids: jax.Array, attention_mask: jax.Array) -> dict:
+        hidden = self.model.apply({"params": params}, ids, attention_mask, output_hidden_states=True)
+        enc = encoding_from_hidden(hidden, attention_mask, layer=self.layer, pooling="mean", trainable=self.trainable)
+        return {"context": enc.states, "context_mask": enc.mask.astype(bool), "pooled": enc.pooled}
+
+
+def _check_bert(config: BertConfig, text: ml_collections.ConfigDict) -> None:
+    layers = config.num_hidden_layers
+    if not -(layers + 1) <= int(text.layer) <= layers:
+        raise UserError(f"text.layer={text.layer} is out of range for a BERT of {layers} layers; use -1 (last), "
+                        f"0 (embeddings) or 1..{layers}")
+    if not 2 <= int(text.max_length) <= config.max_position_embeddings:
+        raise UserError(f"text.max_length={text.max_length} must be in 2..{config.max_position_embeddings} "
+                        "(the BERT's positions)")
+
+
+def _build_bert_side(config: ml_collections.ConfigDict, workdir: str) -> BertTextSide:
+    from llmimg_jax.text.pretrained import minilm_dir
+
+    text = config.text
+    if text.lm_workdir or text.tokenizer_dir:
+        raise UserError("text.lm_workdir and text.tokenizer_dir apply to text.encoder=gpt2; a BERT brings its own "
+                        "weights and tokenizer from text.encoder_path")
+    path = os.path.expanduser(text.encoder_path) if text.encoder_path else minilm_dir()
+    bert_config = load_bert_config(path, dtype=config.train.compute_dtype)
+    _check_bert(bert_config, text)
+    tokenizer = load_bert_tokenizer(path)
+    if len(tokenizer) > bert_config.vocab_size:
+        raise UserError(f"the tokenizer in '{path}' has {len(tokenizer)} tokens but the model only "
+                        f"{bert_config.vocab_size} embeddings; the directory's files do not match")
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        if not os.path.isdir(os.path.join(workdir, "tokenizer")):
+            tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+        with open(os.path.join(workdir, TEXT_MODEL_FILE), "w") as f:
+            json.dump({"encoder": "bert", **dataclasses.asdict(bert_config)}, f, indent=2)
+    return BertTextSide(tokenizer, Bert(bert_config), int(text.layer), "mean", bool(text.trainable),
+                        lambda: load_bert_params(path, bert_config), length=int(text.max_length))
+
+
 def build_text_side(config: ml_collections.ConfigDict, workdir: str, texts_fn: Callable[[], Iterable[str]]) -> TextSide:
     """The text side of a generator being trained in `workdir` (records it there for generation)."""
     text = config.text
+    if text.encoder == "bert":
+        return _build_bert_side(config, workdir)
     if text.encoder != "gpt2":
-        raise UserError(f"text.encoder='{text.encoder}' is not available yet; use text.encoder=gpt2")
+        raise UserError(f"text.encoder='{text.encoder}' is unknown; use text.encoder=gpt2 or text.encoder=bert")
     pretrained = None
     if text.lm_workdir:
         tokenizer, model, pretrained = _lm_from_workdir(text.lm_workdir, config.train.compute_dtype)
@@ -113,7 +177,7 @@ def build_text_side(config: ml_collections.ConfigDict, workdir: str, texts_fn: C
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, TEXT_MODEL_FILE), "w") as f:
-            json.dump(dataclasses.asdict(model.config), f, indent=2)
+            json.dump({"encoder": "gpt2", **dataclasses.asdict(model.config)}, f, indent=2)
     return TextSide(tokenizer, model, int(text.layer), text.pooling, bool(text.trainable), pretrained)
 
 
@@ -124,7 +188,13 @@ def load_text_side(config: ml_collections.ConfigDict, workdir: str) -> TextSide:
         raise UserError(f"'{workdir}' has no {TEXT_MODEL_FILE}; it is not a generator workdir (train one with "
                         "`llmimg train --config configs/shapes_diffusion.py`)")
     with open(path) as f:
-        model = GPT2(GPT2Config(**json.load(f)))
+        described = json.load(f)
+    if described.pop("encoder", "gpt2") == "bert":
+        bert_config = BertConfig(**described)
+        _check_bert(bert_config, config.text)
+        return BertTextSide(load_bert_tokenizer(os.path.join(workdir, "tokenizer")), Bert(bert_config),
+                            int(config.text.layer), "mean", False, length=int(config.text.max_length))
+    model = GPT2(GPT2Config(**described))
     tokenizer = load_tokenizer(config.text.tokenizer_dir or os.path.join(workdir, "tokenizer"))
     return TextSide(tokenizer, model, int(config.text.layer), config.text.pooling, False)
 

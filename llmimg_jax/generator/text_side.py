@@ -80,7 +80,7 @@ class TextSide:
         return {"context": enc.states, "context_mask": enc.mask.astype(bool), "pooled": enc.pooled}
 
 
-def _lm_from_workdir(lm_workdir: str, dtype: str) -> tuple[Any, GPT2, Callable[[], Any]]:
+def lm_from_workdir(lm_workdir: str, dtype: str) -> tuple[Any, GPT2, Callable[[], Any]]:
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.text.lm_task import build_lm
     from llmimg_jax.training.checkpoint import load_params
@@ -167,7 +167,7 @@ def build_text_side(config: ml_collections.ConfigDict, workdir: str, texts_fn: C
         raise UserError(f"text.encoder='{text.encoder}' is unknown; use text.encoder=gpt2 or text.encoder=bert")
     pretrained = None
     if text.lm_workdir:
-        tokenizer, model, pretrained = _lm_from_workdir(text.lm_workdir, config.train.compute_dtype)
+        tokenizer, model, pretrained = lm_from_workdir(text.lm_workdir, config.train.compute_dtype)
         if jax.process_index() == 0 and not os.path.isdir(os.path.join(workdir, "tokenizer")):
             tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
     else:

@@ -50,9 +50,9 @@ def _lm_and_tokenizer(config: ml_collections.ConfigDict, workdir: str, source
     """(tokenizer, LM, pretrained-params loader or None) by the rule in the module docstring."""
     dtype = config.train.compute_dtype
     if config.text.lm_workdir:
-        from llmimg_jax.generator.text_side import _lm_from_workdir
+        from llmimg_jax.generator.text_side import lm_from_workdir
 
-        return _lm_from_workdir(config.text.lm_workdir, dtype)
+        return lm_from_workdir(config.text.lm_workdir, dtype)
     if config.captioner.hf_dir:
         from llmimg_jax.text.hf_gpt2 import load_hf_gpt2
 

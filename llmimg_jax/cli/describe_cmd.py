@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from llmimg_jax.cli.prompts import write_lines
 from llmimg_jax.errors import UserError
 
 
@@ -41,10 +42,4 @@ def run(args: argparse.Namespace) -> None:
 
     images = read_images(args.images, image_size(args.workdir))  # bad files fail before the model loads
     descriptions = load_captioner(args.workdir, use_ema=args.use_ema).describe(images)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("\n".join(descriptions) + "\n")
-        print(f"wrote {len(descriptions)} descriptions to {args.out}")
-    else:
-        print("\n".join(descriptions))
+    write_lines(descriptions, args.out, "descriptions")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from llmimg_jax.cli.prompts import (add_blocklist_argument, add_prompt_arguments, load_prompt_blocklist,
-                                    read_prompts)
+                                    read_prompts, write_lines)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -39,13 +38,7 @@ def run_expand(args: argparse.Namespace) -> None:
     expander = load_expander(args.workdir)
     descriptions = expander.expand(prompts, seed=args.seed)
     blocklist.check(prompts, expansions=descriptions)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("\n".join(descriptions) + "\n")
-        print(f"wrote {len(descriptions)} descriptions to {args.out}")
-    else:
-        print("\n".join(descriptions))
+    write_lines(descriptions, args.out, "descriptions")
 
 
 def run_import_hf(args: argparse.Namespace) -> None:

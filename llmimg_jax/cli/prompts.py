@@ -1,8 +1,10 @@
-"""Reading prompts from the command line or a prompts file, with one-line errors for bad input; the blocklist."""
+"""Reading prompts from the command line or a prompts file, with one-line errors for bad input; the blocklist;
+writing the resulting lines to `--out FILE` or printing them."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.safety import Blocklist, load_blocklist
@@ -53,3 +55,14 @@ def load_prompt_blocklist(args: argparse.Namespace, prompts: list[str]) -> Block
     blocklist = load_blocklist(args.blocklist)
     blocklist.check(prompts)
     return blocklist
+
+
+def write_lines(lines: list[str], out: str | None, what: str) -> None:
+    """Writes one line per item to `out` (creating its folder) and says how many `what` it wrote, or prints them."""
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} {what} to {out}")
+    else:
+        print("\n".join(lines))

@@ -12,9 +12,7 @@ models, MiniLM included, use the mean of the token states over real tokens inste
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +22,7 @@ import numpy as np
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.text.gpt2 import Linear
+from llmimg_jax.text.hf_checkpoint import TensorReader, read_hf_config, read_tensors
 
 Params = Any
 
@@ -213,18 +212,10 @@ def config_from_hf(hf: dict, **overrides: Any) -> BertConfig:
 
 def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig) -> Params:
     """Our params tree from Hugging Face BERT tensors (`BertModel` keys, or `bert.`-prefixed ones)."""
-    tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
-    used = set()
-
-    def get(key: str) -> np.ndarray:
-        if key not in tensors:
-            raise UserError(f"BERT checkpoint lacks tensor '{key}'; is it a complete BERT model?")
-        used.add(key)
-        return np.asarray(tensors[key], np.float32)
-
+    reader = TensorReader(tensors, "BERT", strip_prefix="bert.")
+    get, norm = reader.get, reader.layer_norm
     E, H = config.hidden_size, config.num_attention_heads
     D = E // H
-    norm = lambda name: {"scale": get(f"{name}.weight"), "bias": get(f"{name}.bias")}  # noqa: E731
     # torch's Linear weights are [out, in]; our kernels [in, out].
     dense = lambda name: {"kernel": get(f"{name}.weight").T, "bias": get(f"{name}.bias")}  # noqa: E731
     e = "embeddings."
@@ -242,11 +233,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig) -> Params
         params[f"layer_{i}"] = {"attention": attention, "attention_norm": norm(p + "attention.output.LayerNorm"),
                                 "intermediate": dense(p + "intermediate.dense"), "output": dense(p + "output.dense"),
                                 "output_norm": norm(p + "output.LayerNorm")}
-    skipped = [k for k in tensors
-               if k not in used and not k.startswith(_UNUSED_PREFIXES) and not k.endswith(_BUFFER_SUFFIXES)]
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} tensor(s) of the BERT checkpoint that the encoder does not use "
-                      f"(e.g. a task head): {skipped[:5]}", stacklevel=2)
+    reader.warn_unused(ignore_prefixes=_UNUSED_PREFIXES, ignore_suffixes=_BUFFER_SUFFIXES)
     shape = params["word_embeddings"]["embedding"].shape
     if shape != (config.vocab_size, E):
         raise UserError(f"word_embeddings.weight has shape {shape} but config.json says vocab_size="
@@ -254,28 +241,14 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig) -> Params
     return params
 
 
-def _check_dir(path: str) -> None:
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"'{path}' is not a Hugging Face model directory (config.json + model.safetensors); "
-                        "pass a local BERT directory written by save_pretrained")
-
-
 def load_bert_config(path: str, **overrides: Any) -> BertConfig:
     """The BertConfig of a local Hugging Face BERT directory's config.json."""
-    _check_dir(path)
-    with open(os.path.join(path, "config.json")) as f:
-        return config_from_hf(json.load(f), **overrides)
+    return config_from_hf(read_hf_config(path, "BERT"), **overrides)
 
 
 def load_bert_params(path: str, config: BertConfig) -> Params:
-    """Host (numpy float32) params of a local Hugging Face BERT directory's model.safetensors."""
-    import safetensors.numpy
-
-    file = os.path.join(path, "model.safetensors")
-    if not os.path.isfile(file):
-        raise UserError(f"'{path}' has no model.safetensors; save the model with save_pretrained(..., "
-                        "safe_serialization=True)")
-    return params_from_hf(safetensors.numpy.load_file(file), config)
+    """Host (numpy float32) params of a local Hugging Face BERT directory's safetensors (single or sharded)."""
+    return params_from_hf(read_tensors(path), config)
 
 
 def load_hf_bert(path: str, **overrides: Any) -> tuple[Bert, Params]:

@@ -16,16 +16,15 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
 from typing import Any
 
 import jax
 import numpy as np
-import safetensors
 import safetensors.numpy
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.text.gpt2 import GPT2, GPT2Config, init_params, stack_layers, unstack_layers
+from llmimg_jax.text.hf_checkpoint import TensorReader, read_hf_config, read_tensors
 
 Params = Any
 
@@ -63,43 +62,12 @@ def config_from_hf(hf: dict, **overrides: Any) -> GPT2Config:
     return GPT2Config(**kwargs)
 
 
-def _read_tensors(path: str) -> dict[str, np.ndarray]:
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        with open(index) as f:
-            files = [os.path.join(path, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
-    else:
-        raise UserError(f"'{path}' has no model.safetensors; save the model with save_pretrained(..., "
-                        "safe_serialization=True)")
-    tensors = {}
-    for file in files:
-        # numpy has no bfloat16: such tensors are read through JAX and widened to float32.
-        with safetensors.safe_open(file, framework="numpy") as f, safetensors.safe_open(file, framework="flax") as g:
-            for key in f.keys():
-                if f.get_slice(key).get_dtype() == "BF16":
-                    tensors[key] = np.asarray(g.get_tensor(key).astype(np.float32))
-                else:
-                    tensors[key] = f.get_tensor(key)
-    return tensors
-
-
 def params_from_hf(tensors: dict[str, np.ndarray], config: GPT2Config) -> Params:
     """Our per-layer params tree from Hugging Face GPT-2 tensors (either key layout)."""
-    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-    used = set()
-
-    def get(key: str) -> np.ndarray:
-        if key not in tensors:
-            raise UserError(f"GPT-2 checkpoint lacks tensor '{key}'; is it a complete GPT-2 model?")
-        used.add(key)
-        return np.asarray(tensors[key], np.float32)
-
+    reader = TensorReader(tensors, "GPT-2", strip_prefix="transformer.")
+    get, norm = reader.get, reader.layer_norm
     E, H = config.n_embd, config.n_head
     D = E // H
-    norm = lambda name: {"scale": get(f"{name}.weight"), "bias": get(f"{name}.bias")}  # noqa: E731
     params = {"wte": {"embedding": get("wte.weight")}, "wpe": {"embedding": get("wpe.weight")},
               "ln_f": norm("ln_f")}
     for i in range(config.n_layer):
@@ -113,14 +81,10 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: GPT2Config) -> Params
                for name in ("c_fc", "c_proj")}
         params[f"h_{i}"] = {"ln_1": norm(p + "ln_1"), "attn": attn, "ln_2": norm(p + "ln_2"), "mlp": mlp}
 
-    if "lm_head.weight" in tensors:
-        used.add("lm_head.weight")
-        if not np.array_equal(tensors["lm_head.weight"], tensors["wte.weight"]):
-            raise UserError("GPT-2 checkpoint has an lm_head.weight different from wte.weight; only tied output "
-                            "embeddings are supported")
-    skipped = [k for k in tensors if k not in used and not k.endswith(_BUFFER_SUFFIXES)]
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unknown tensor(s) in the GPT-2 checkpoint: {skipped[:5]}")
+    if "lm_head.weight" in reader and not np.array_equal(get("lm_head.weight"), params["wte"]["embedding"]):
+        raise UserError("GPT-2 checkpoint has an lm_head.weight different from wte.weight; only tied output "
+                        "embeddings are supported")
+    reader.warn_unused(ignore_suffixes=_BUFFER_SUFFIXES)
     if params["wte"]["embedding"].shape != (config.vocab_size, E):
         raise UserError(f"wte.weight has shape {params['wte']['embedding'].shape} but config.json says "
                         f"vocab_size={config.vocab_size}, n_embd={E}; the directory's files do not match")
@@ -130,13 +94,8 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: GPT2Config) -> Params
 def load_hf_gpt2(path: str, **overrides: Any) -> tuple[GPT2, Params]:
     """(model, params) from a local Hugging Face GPT-2 directory; overrides set GPT2Config fields
     (e.g. dtype='bfloat16', scan_layers=True)."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path) or not os.path.isfile(config_path):
-        raise UserError(f"'{path}' is not a Hugging Face model directory (config.json + model.safetensors); "
-                        "pass a local directory written by save_pretrained")
-    with open(config_path) as f:
-        config = config_from_hf(json.load(f), **overrides)
-    params = params_from_hf(_read_tensors(path), config)
+    config = config_from_hf(read_hf_config(path, "GPT-2"), **overrides)
+    params = params_from_hf(read_tensors(path), config)
     if config.scan_layers:
         params = stack_layers(params, config.n_layer)
     return GPT2(config), jax.tree.map(jax.numpy.asarray, params)

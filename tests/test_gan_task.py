@@ -170,7 +170,7 @@ def test_tiny_trains_through_the_cli_and_resumes_exactly(data_dir, tmp_path, mon
 @pytest.mark.slow
 def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
     """Phase losses and gradient norms (step 1: no R1 in the tiny config) on mesh (2, 2, 2) equal one device's;
-    also the R1 term (step 0), which XLA currently gets wrong on this mesh (see below)."""
+    also the R1 term (step 0): input gradients through kernels sharded [fsdp, tensor] (see training/sharding.py)."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
     out = run_with_devices(f"import sys, json; sys.path.insert(0, {REPO!r})\n" + textwrap.dedent(f"""
         import flax.linen as nn, jax, numpy as np, optax
@@ -209,11 +209,7 @@ def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
         np.testing.assert_allclose(out[f"eight/{phase}"], out[f"one/{phase}"], rtol=2e-5, err_msg=phase)
     np.testing.assert_allclose(out["eight/u"], out["one/u"], atol=1e-5)
     assert out["one/r1"] > 0
-    if not np.isclose(out["eight/r1"], out["one/r1"], rtol=1e-4):
-        # Input gradients of the conv discriminator (kernels sharded conv_in->fsdp, conv_out->tensor, batch on
-        # (data, fsdp)) come out wrong for the middle batch shards on this 3-D mesh only; 2-D meshes and
-        # replicated kernels are exact. Weight gradients (checked above) are right.
-        pytest.xfail(f"R1 on mesh (2, 2, 2) is {out['eight/r1']} vs {out['one/r1']} on one device (XLA SPMD)")
+    np.testing.assert_allclose(out["eight/r1"], out["one/r1"], rtol=1e-4)
 
 
 def test_generate_is_deterministic_and_truncation_zero_ignores_z(data_dir, tmp_path, monkeypatch):

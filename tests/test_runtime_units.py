@@ -93,3 +93,21 @@ def test_bfloat16_compute_keeps_float32_master_weights(tmp_path):
     assert dtypes == {np.dtype("float32")}
     losses = _losses(tmp_path)
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_ema_warmup_follows_the_first_steps(tmp_path):
+    """With warm-up the update after step n uses decay min(ema_decay, (1 + n) / (10 + n)): run 1 and run 2 steps
+    (deterministic) and rebuild the second EMA from the first in float64."""
+    states = []
+    for steps in (1, 2):
+        config = toy_config(steps=steps, checkpoint_every=0)
+        config.train.ema_decay = 0.999
+        states.append(train(config, str(tmp_path / f"s{steps}")))
+    d1 = 2.0 / 11.0
+    for e1, p2, e2 in zip(jax.tree.leaves(states[0]["ema"]), jax.tree.leaves(states[1]["params"]),
+                          jax.tree.leaves(states[1]["ema"])):
+        expected = d1 * np.asarray(e1, np.float64) + (1 - d1) * np.asarray(p2, np.float64)
+        np.testing.assert_allclose(np.asarray(e2, np.float64), expected, rtol=1e-5, atol=1e-7)
+    # and the average moved most of the way to the trained weights (0.999 without warm-up would barely move)
+    e2, p2 = jax.tree.leaves(states[1]["ema"])[0], jax.tree.leaves(states[1]["params"])[0]
+    assert np.abs(np.asarray(e2) - np.asarray(p2)).max() < 0.5 * max(np.abs(np.asarray(p2)).max(), 1e-6)

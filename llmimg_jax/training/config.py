@@ -39,6 +39,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         grad_clip=1.0,
         compute_dtype="float32",  # 'bfloat16' for mixed precision; master weights stay float32
         ema_decay=0.999,
+        ema_warmup=True,          # decay min(ema_decay, (1 + step) / (10 + step)): short runs get a useful average
         checkpoint_every=500,
         max_to_keep=3,
         log_every=50,

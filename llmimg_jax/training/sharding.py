@@ -1,7 +1,15 @@
 """Logical axis names -> mesh shardings through one rules table (`config.sharding_rules`).
 
 A parameter dimension whose mesh axes do not divide it evenly is replicated, and a mesh axis is used at most
-once per array (a later dimension asking for an axis already used is replicated)."""
+once per array (a later dimension asking for an axis already used is replicated).
+
+Parameters are stored sharded over the batch's axes too (FSDP: "fsdp"); modules gather them over those axes
+where they are used (`gather_for_compute`). Besides being what FSDP means, this avoids an XLA SPMD partitioner
+bug (jax 0.10.2, Shardy and GSPMD alike): a dot or convolution whose input is batch-sharded over ("data", "fsdp") and
+feature-sharded over "tensor", contracting with a weight sharded [tensor, fsdp], with its output wanted sharded
+[("data", "fsdp"), "tensor"], swaps the batch rows of the devices at (data, fsdp) = (0, 1) and (1, 0). Backward
+passes through [fsdp, tensor] kernels produce exactly that case, so gradients came out wrong for the middle
+batch shards."""
 
 from __future__ import annotations
 
@@ -43,6 +51,33 @@ def mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rul
         used |= set(axes)
         spec.append(axes[0] if len(axes) == 1 else axes)
     return P(*spec)
+
+
+def _drop_axes(entry: Any, drop: set[str]) -> Any:
+    """One PartitionSpec entry without the mesh axes in `drop`."""
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    kept = tuple(a for a in axes if a not in drop)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+
+
+def gather_for_compute(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """A parameter with logical `names` as used in computation: sharded as stored, minus the batch's mesh axes.
+
+    That is FSDP's all-gather at the point of use (its transpose reduce-scatters the gradient). Modules call it on
+    every kernel; see the module docstring for the XLA bug it also avoids. Works from the mesh of
+    `jax.set_mesh(mesh)` and the rules of `nn.logical_axis_rules(rules)`; without both it returns `x` as is.
+    """
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    names = tuple(names) + (None,) * (x.ndim - len(tuple(names)))
+    stored = mesh_spec(names, x.shape, mesh, rules)
+    batch_axes = set(rules_table(rules).get("batch", ()))
+    used = tuple(_drop_axes(entry, batch_axes) for entry in stored)
+    if used == tuple(stored):
+        return x  # nothing sharded over the batch axes
+    return jax.lax.with_sharding_constraint(x, P(*used))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -78,6 +78,15 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """EMA decay for the update after `step` steps: with warm-up, min(decay, (1 + step) / (10 + step)), so that
+    the average follows the first steps instead of holding the initial weights for ~1 / (1 - decay) steps."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    n = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
 def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSpec) -> Callable:
     """Returns jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated.
 
@@ -86,6 +95,7 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
     train = config.train
     accum = int(train.grad_accum)
     decay = float(train.ema_decay)
+    ema_warmup = bool(train.ema_warmup)
     lr_fn = optim.lr_schedule(train)
     batch_sh = sharding.batch_sharding(spec.mesh, spec.rules)
     multi = len(task.phases) > 1
@@ -109,7 +119,8 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
                 updates, opt[g] = spec.optimizers[g].update(grads[g], opt[g], params[g])
                 params[g] = optax.apply_updates(params[g], updates)
             _apply_updates(phase, params, new_frozen, frozen)
-        ema = {g: jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"][g], params[g])
+        d = ema_decay_at(state["step"], decay, ema_warmup)
+        ema = {g: jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"][g], params[g])
                for g in task.ema_groups}
         ok = jnp.all(jnp.stack(finite))
         new = {"params": params, "opt": opt, "ema": ema}

@@ -1,17 +1,21 @@
 """U-Net building blocks: GroupNorm (fast form), attention, residual block, resampling.
 
 Every parameter carries logical axis names (see docs/architecture.md); computation runs in `dtype`,
-parameters stay float32.
+parameters stay float32. Kernels are gathered over the batch's mesh axes where they are used
+(`gather_for_compute`: FSDP, and a guard against an XLA partitioner bug on 3-D meshes).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from llmimg_jax.training.sharding import gather_for_compute
 
 Dtype = Any
 
@@ -29,16 +33,30 @@ _heads_kernel = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_norma
 _out_kernel = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
 
 
+_CONV_NAMES = (None, None, "conv_in", "conv_out")
+
+
+# nn.Conv / nn.Dense with the kernel gathered over the batch's mesh axes before use (FSDP); leaving a kernel
+# sharded [fsdp, tensor] makes XLA's partitioner mix up batch shards on 3-D meshes (see training/sharding.py).
+def _conv_gathered(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
+    return jax.lax.conv_general_dilated(lhs, gather_for_compute(rhs, _CONV_NAMES), *args, **kwargs)
+
+
+def _dot_gathered(lhs: jax.Array, rhs: jax.Array, *args, names: Sequence[Optional[str]], **kwargs) -> jax.Array:
+    return jax.lax.dot_general(lhs, gather_for_compute(rhs, names), *args, **kwargs)
+
+
 def conv(features: int, kernel: int, name: str, dtype: Dtype, strides: int = 1) -> nn.Conv:
     """A 'SAME' convolution with kernel [kh, kw, conv_in, conv_out]."""
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME", dtype=dtype,
-                   kernel_init=named(_kernel, None, None, "conv_in", "conv_out"),
-                   bias_init=named(_zeros, "conv_out"), name=name)
+                   kernel_init=named(_kernel, *_CONV_NAMES), bias_init=named(_zeros, "conv_out"),
+                   conv_general_dilated=_conv_gathered, name=name)
 
 
 def dense(features: int, in_name: str, out_name: str, name: str, dtype: Dtype) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, kernel_init=named(_kernel, in_name, out_name),
-                    bias_init=named(_zeros, out_name), name=name)
+                    bias_init=named(_zeros, out_name),
+                    dot_general=functools.partial(_dot_gathered, names=(in_name, out_name)), name=name)
 
 
 def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
@@ -96,7 +114,8 @@ class Attention(nn.Module):
         # Explicit kernels (not nn.DenseGeneral, whose initialiser sees a flattened 2-D kernel and so cannot carry
         # three logical axis names).
         def param(name: str, init, names: tuple, shape: tuple) -> jax.Array:
-            return self.param(name, named(init, *names), shape, jnp.float32).astype(self.dtype)
+            value = self.param(name, named(init, *names), shape, jnp.float32)
+            return gather_for_compute(value, names).astype(self.dtype)
 
         def proj(name: str, inputs: jax.Array) -> jax.Array:
             kernel = param(f"{name}_kernel", _heads_kernel, ("embed", "heads", "kv"), (inputs.shape[-1], self.heads, kv))

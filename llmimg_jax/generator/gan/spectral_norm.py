@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmimg_jax.training.sharding import gather_for_compute
+
 Array = jax.Array
 
 _EPS = 1e-12
@@ -66,6 +68,7 @@ class SNConv(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
             (k, k, x.shape[-1], self.features), jnp.float32)
+        kernel = gather_for_compute(kernel, (None, None, "conv_in", "conv_out"))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                           (self.features,), jnp.float32)
         if self.spectral_norm:
@@ -90,6 +93,7 @@ class SNDense(nn.Module):
     def __call__(self, x: Array, update: bool = False) -> Array:
         kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), tuple(self.names)),
                             (x.shape[-1], self.features), jnp.float32)
+        kernel = gather_for_compute(kernel, self.names)
         if self.spectral_norm:
             kernel = spectral_normalize(self, kernel, self.names[-1], update, self.power_iterations)
         y = x.astype(self.dtype) @ kernel.astype(self.dtype)

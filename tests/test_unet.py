@@ -102,12 +102,12 @@ def test_bfloat16_compute_keeps_float32_params(setup):
     assert rel < 0.05, rel
 
 
-ALLOWED = {None, "embed", "heads", "kv", "mlp", "conv_in", "conv_out", "time", "norm"}
+ALLOWED = {None, "embed", "heads", "kv", "mlp", "conv_in", "conv_out", "time", "norm", "pos"}
 
 
-@pytest.mark.parametrize("preset,size", [("tiny", 16), ("small", 32), ("base64", 64)])
+@pytest.mark.parametrize("preset,size", [("tiny", 16), ("small", 32), ("base64", 64), ("patched", 32)])
 def test_every_param_has_logical_names(preset, size):
-    unet = UNet(PRESETS[preset])
+    unet = UNet(PRESETS[preset] if preset in PRESETS else unet_config("small", patch_size=2, pos_embed=True))
     boxed = jax.eval_shape(unet.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
                            jnp.zeros((1, T, D)), jnp.ones((1, T), bool), jnp.zeros((1, D)))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda l: isinstance(l, nn.LogicallyPartitioned))
@@ -121,6 +121,26 @@ def test_every_param_has_logical_names(preset, size):
     assert convs and all(l.names == (None, None, "conv_in", "conv_out") for l in convs)
 
 
+def test_patches_map_back_to_their_pixels_and_positions_are_learned():
+    """patch_size=2: output channel (a * 2 + b) * 3 + c of a feature-map cell is pixel (2i + a, 2j + b), colour c.
+    Zero every parameter but conv_out's bias and the output is that bias laid out as 2x2 patches."""
+    unet = UNet(unet_config("tiny", patch_size=2, pos_embed=True))
+    x, t, ctx, mask = jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)), jnp.zeros((1, T, D)), jnp.ones((1, T), bool)
+    params = nn.unbox(unet.init(jax.random.key(0), x, t, ctx, mask)["params"])
+    # 16 px / patch 2 = 8 x 8 feature maps of 16 channels at the top level, 4 x 4 x 32 in the middle
+    assert params["down0_attn0"]["pos_embed"].shape == (8 * 8, 16)
+    assert params["mid_attn"]["pos_embed"].shape == (4 * 4, 32)
+    zeroed = jax.tree.map(jnp.zeros_like, params)
+    bias = jnp.arange(12, dtype=jnp.float32)
+    zeroed["conv_out"]["bias"] = bias
+    out = np.asarray(unet.apply({"params": zeroed}, x, t, ctx, mask))
+    expected = np.asarray(bias).reshape(2, 2, 3)  # [a, b, c]
+    for i, j in [(0, 0), (3, 5), (7, 7)]:
+        np.testing.assert_array_equal(out[0, 2 * i:2 * i + 2, 2 * j:2 * j + 2], expected)
+    with pytest.raises(ValueError, match="patch_size"):
+        unet.apply({"params": params}, jnp.zeros((1, 14, 14, 3)), t, ctx, mask)
+
+
 def test_config_errors():
     with pytest.raises(UserError, match="norm_groups"):
         unet_config("tiny", base_channels=10)
@@ -128,6 +148,8 @@ def test_config_errors():
         unet_config("huge")
     with pytest.raises(UserError, match="unknown U-Net config field"):
         unet_config("tiny", width=3)
+    with pytest.raises(UserError, match="patch_size"):
+        unet_config("tiny", patch_size=0)
 
 
 @pytest.fixture(scope="module")

@@ -156,10 +156,14 @@ class AttentionBlock(nn.Module):
     heads: int
     groups: int
     dtype: Dtype = jnp.float32
+    pos_embed: bool = False  # a learned vector per pixel, so queries know where they are (layouts named in text)
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
+        if self.pos_embed:
+            pos = self.param("pos_embed", named(nn.initializers.normal(0.02), "pos", "embed"), (h * w, c))
+            x = x + pos.reshape(h, w, c).astype(x.dtype)
         normed = GroupNorm(self.groups, dtype=self.dtype, name="norm")(x).reshape(b, h * w, c)
         tokens = x.reshape(b, h * w, c) + Attention(self.heads, self.dtype, name="self_attn")(normed)
         tokens = tokens + Attention(self.heads, self.dtype, name="cross_attn")(

@@ -41,7 +41,8 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
 def default_unet_config() -> ml_collections.ConfigDict:
     # preset plus overrides; 0 or () keeps the preset's value
     return ml_collections.ConfigDict(dict(preset="small", base_channels=0, channel_mults=(), num_res_blocks=0,
-                                          attention_resolutions=(), num_heads=0, norm_groups=0))
+                                          attention_resolutions=(), num_heads=0, norm_groups=0, pos_embed=False,
+                                          patch_size=0))
 
 
 def image_and_tokens(text: TextSide):

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Optional
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,11 @@ class UNetConfig:
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16, 8)  # spatial sizes (pixels per side) that get attention blocks
+    attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes (per side, after patching) with attention
     num_heads: int = 4
     norm_groups: int = 32
+    pos_embed: bool = False                           # learned positions added in every attention block
+    patch_size: int = 1                               # >1: space-to-depth input, depth-to-space output
     dtype: str = "float32"                            # compute dtype; 'bfloat16' for mixed precision
 
     def __post_init__(self):
@@ -40,6 +43,8 @@ class UNetConfig:
                                 "pick base_channels/norm_groups that divide")
             if c % self.num_heads:
                 raise UserError(f"UNet width {c} is not divisible by num_heads={self.num_heads}; change num_heads")
+        if self.patch_size < 1:
+            raise UserError(f"UNet patch_size={self.patch_size} must be >= 1 (1: pixels, 2: 2x2 patches)")
         if self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"UNet dtype '{self.dtype}' is not supported; use 'float32' or 'bfloat16'")
 
@@ -80,9 +85,12 @@ class UNet(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         if x.ndim != 4 or x.shape[1] != x.shape[2]:
             raise ValueError(f"UNet expects images [B, S, S, C], got {x.shape}")
-        levels = len(cfg.channel_mults)
-        if x.shape[1] % 2 ** (levels - 1):
-            raise ValueError(f"image size {x.shape[1]} is not divisible by 2**{levels - 1} (U-Net levels)")
+        levels, p = len(cfg.channel_mults), cfg.patch_size
+        if x.shape[1] % (p * 2 ** (levels - 1)):
+            raise ValueError(f"image size {x.shape[1]} is not divisible by patch_size * 2**{levels - 1}")
+        out_channels = x.shape[-1]
+        # Space-to-depth (simple diffusion): the network runs at S/p, p*p times cheaper per conv at the top level.
+        x = einops.rearrange(x, "b (h p) (w q) c -> b h w (p q c)", p=p, q=p)
         t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
         context_mask = context_mask.astype(bool)
 
@@ -98,7 +106,7 @@ class UNet(nn.Module):
             return ResBlock(features, cfg.norm_groups, dtype, name=name)
 
         def attn(name: str) -> AttentionBlock:
-            return AttentionBlock(cfg.num_heads, cfg.norm_groups, dtype, name=name)
+            return AttentionBlock(cfg.num_heads, cfg.norm_groups, dtype, cfg.pos_embed, name=name)
 
         h = conv(cfg.base_channels, 3, "conv_in", dtype)(x.astype(dtype))
         skips = [h]
@@ -126,7 +134,8 @@ class UNet(nn.Module):
                 h = Upsample(dtype, name=f"up{level}_sample")(h)
 
         h = nn.silu(GroupNorm(cfg.norm_groups, dtype=dtype, name="norm_out")(h))
-        return conv(x.shape[-1], 3, "conv_out", dtype)(h).astype(jnp.float32)
+        h = conv(out_channels * p * p, 3, "conv_out", dtype)(h).astype(jnp.float32)
+        return einops.rearrange(h, "b h w (p q c) -> b (h p) (w q) c", p=p, q=p)
 
 
 ModelFn = Callable[[Any, jax.Array, jax.Array, dict], jax.Array]

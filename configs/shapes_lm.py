@@ -3,6 +3,7 @@
     llmimg train --config configs/shapes_lm.py --workdir W          # default (CPU: minutes)
     llmimg train --config configs/shapes_lm.py:tiny --workdir W     # tests: seconds
     llmimg train --config configs/shapes_lm.py:edits --workdir W    # also learns edits (for `llmimg vary --edit`)
+    llmimg train --config configs/shapes_lm.py:bert --workdir W     # reads instructions through frozen MiniLM
 """
 
 from llmimg_jax.config import base_config
@@ -28,6 +29,11 @@ def get_config(arg=None):
         # description; edit -> new description: longer sequences, and more steps for the extra task.
         config.lm.update(dict(edit_fraction=0.3, max_length=96))
         config.train.steps = 2500
+    elif arg == "bert":
+        # Same LM, steps and batch as the default; the instruction reaches GPT-2 as a prefix of frozen BERT
+        # (text.encoder_path, '' = the shipped MiniLM) token states through a small trained adapter.
+        config.lm.instruction_encoder = "bert"
+        config.text.max_length = 48  # BERT tokens per instruction (spec ones reach ~35, paraphrases ~50: "." cut)
     elif arg is not None:
-        raise ValueError(f"unknown variant '{arg}'; use '', 'tiny' or 'edits'")
+        raise ValueError(f"unknown variant '{arg}'; use '', 'tiny', 'edits' or 'bert'")
     return config

@@ -88,6 +88,9 @@ def lm_from_workdir(lm_workdir: str, dtype: str) -> tuple[Any, GPT2, Callable[[]
     lm_config = load_workdir_config(lm_workdir)
     if lm_config.task != "lm":
         raise UserError(f"text.lm_workdir '{lm_workdir}' holds a '{lm_config.task}' run, not a language model")
+    if lm_config.lm.get("instruction_encoder", "gpt2") != "gpt2":
+        raise UserError(f"text.lm_workdir '{lm_workdir}' is an expander that reads instructions through BERT; its GPT-2 "
+                        "never saw instruction tokens: encode with text.encoder=bert, or a plain configs/shapes_lm.py run")
     tokenizer = load_tokenizer(lm_config.text.tokenizer_dir or os.path.join(lm_workdir, "tokenizer"))
     lm_config.train.compute_dtype = dtype
     model = build_lm(lm_config, len(tokenizer))

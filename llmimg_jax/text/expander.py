@@ -3,12 +3,15 @@
 Where the data has a grammar (the Shapes world), every expansion is checked: it must parse as a description and
 satisfy the instruction. An invalid one is resampled up to `expand.retries` times; after that the instruction
 itself is passed on, with a warning. The first attempt is greedy, so expansion is deterministic for a seed.
+
+With `lm.instruction_encoder="bert"` the instruction reaches GPT-2 only as a prefix (`instruction_prefix`, see
+bert_prefix.py) and GPT-2's prompt is just `<|sep|>`.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -21,6 +24,10 @@ from llmimg_jax.errors import UserError
 from llmimg_jax.text.gpt2 import GPT2
 from llmimg_jax.text.prompt_format import prompt_ids
 from llmimg_jax.text.sampling import generate
+
+# instructions -> (prefix_embeds [N, P, n_embd], prefix_mask [N, P])
+InstructionPrefix = Callable[[Sequence[str]], tuple[jax.Array, jax.Array]]
+
 
 def is_description(text: str) -> bool:
     """True when `text` parses as a Shapes description."""
@@ -47,12 +54,14 @@ def shapes_check(instruction: str, description: str) -> bool:
 
 
 class Expander:
-    """Batched expansion with a GPT-2 prompt expander; `validate` turns on the Shapes check and retries."""
+    """Batched expansion with a GPT-2 prompt expander; `validate` turns on the Shapes check and retries.
+    `instruction_prefix`, when given, reads the instructions (GPT-2 then sees them only through it)."""
 
     def __init__(self, model: GPT2, params: Any, tokenizer, expand: ml_collections.ConfigDict, *,
-                 validate: bool = True):
+                 validate: bool = True, instruction_prefix: InstructionPrefix | None = None):
         self.model, self.params, self.tokenizer, self.cfg = model, params, tokenizer, expand
         self.validate = validate
+        self.instruction_prefix = instruction_prefix
         self.fallbacks = 0
 
     def _prompt_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,13 +80,20 @@ class Expander:
         return ids, mask
 
     def _sample(self, prompts: Sequence[str], key: jax.Array, greedy: bool) -> list[str]:
-        ids, mask = self._prompt_batch(prompts)
+        prefix = prefix_mask = None
+        if self.instruction_prefix is None:
+            ids, mask = self._prompt_batch(prompts)
+        else:
+            prefix, prefix_mask = self.instruction_prefix(prompts)
+            ids = np.asarray([prompt_ids(self.tokenizer, "")] * len(prompts), np.int32)  # just <|sep|>
+            mask = np.ones_like(ids)
         # The description gets whatever context the prompt leaves, up to expand.max_new_tokens.
-        new_tokens = min(int(self.cfg.max_new_tokens), self.model.config.n_positions - ids.shape[1])
+        used = ids.shape[1] + (0 if prefix is None else prefix.shape[1])
+        new_tokens = min(int(self.cfg.max_new_tokens), self.model.config.n_positions - used)
         out = generate(self.model, self.params, ids, mask, max_new_tokens=new_tokens, rng=key,
                        temperature=float(self.cfg.temperature), top_k=int(self.cfg.top_k),
                        top_p=float(self.cfg.top_p), greedy=greedy, eos_id=self.tokenizer.eos_token_id,
-                       pad_id=self.tokenizer.pad_token_id)
+                       pad_id=self.tokenizer.pad_token_id, prefix_embeds=prefix, prefix_mask=prefix_mask)
         texts = []
         for row in np.asarray(out):
             end = np.flatnonzero(row == self.tokenizer.eos_token_id)
@@ -116,12 +132,21 @@ class Expander:
         return results
 
 
+def make_expander(model: GPT2, params: dict[str, Any], tokenizer, expand: ml_collections.ConfigDict, reader=None,
+                  *, validate: bool = True) -> Expander:
+    """An Expander from an LM run's param groups ({"lm"}, plus {"adapter", "bert"} with a BERT `reader`)."""
+    read = None if reader is None else reader.bind({"adapter": params["adapter"], "bert": params["bert"]})
+    return Expander(model, params["lm"], tokenizer, expand, validate=validate, instruction_prefix=read)
+
+
 def load_expander(workdir: str, *, validate: bool | None = None) -> Expander:
-    """The prompt expander of a language-model workdir (trained with `llmimg train` on an `lm` config)."""
+    """The prompt expander of a language-model workdir (trained with `llmimg train` on an `lm` config).
+    A BERT-reading one takes BERT's tokenizer and config from WORKDIR/bert and its weights from the checkpoint."""
     import os
 
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.data.tokenizer import load_tokenizer
+    from llmimg_jax.text.bert_prefix import load_reader, uses_bert
     from llmimg_jax.text.lm_task import build_lm
     from llmimg_jax.training.checkpoint import load_params
 
@@ -132,10 +157,15 @@ def load_expander(workdir: str, *, validate: bool | None = None) -> Expander:
     tokenizer = load_tokenizer(config.text.tokenizer_dir or os.path.join(workdir, "tokenizer"))
     model = build_lm(config, len(tokenizer))
     ids = jax.ShapeDtypeStruct((1, int(config.lm.max_length)), np.int32)
+    reader = load_reader(config, workdir, model.config) if uses_bert(config) else None
     abstract = {"lm": jax.eval_shape(model.init, jax.random.key(0), ids)["params"]}
+    if reader is not None:
+        abstract.update(jax.eval_shape(reader.init, jax.random.key(0)))
     restored = load_params(workdir, abstract)
-    params = restored["ema" if config.expand.use_ema else "params"]["lm"]
+    params = restored["params"]
+    if config.expand.use_ema:
+        params = {**params, **restored["ema"]}  # the EMA of the trained groups; the frozen BERT as it is
     if validate is None:
         validate = config.data.source == "shapes"
-    return Expander(model, params, tokenizer, config.expand, validate=validate)
+    return make_expander(model, params, tokenizer, config.expand, reader, validate=validate)
 

@@ -16,6 +16,9 @@ Prefix (ClipCap-style image conditioning): `prefix_embeds [B, P, E]` are placed 
 take the learned positions 0..P-1 (tokens follow at P, P+1, ...), attend causally among themselves, and every token
 attends to all of them; logits and hidden states cover the token positions only. When decoding, pass the prefix
 with the prefill call only: it fills the first P cache slots (so create the cache for P + prompt + new tokens).
+`prefix_mask [B, P]` (1 = real) marks padding inside a prefix of variable length (e.g. a text encoder's token
+states): padded prefix slots are never attended to and take no position, so a row's result equals that of its
+real prefix vectors alone.
 """
 
 from __future__ import annotations
@@ -187,14 +190,15 @@ class GPT2(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False, output_hidden_states: bool = False, prefix_embeds: jax.Array | None = None):
+                 decode: bool = False, output_hidden_states: bool = False, prefix_embeds: jax.Array | None = None,
+                 prefix_mask: jax.Array | None = None):
         """input_ids [B, T] -> logits [B, T, V] float32.
 
         attention_mask [B, T]: 1 = real token, 0 = padding (never attended to). With output_hidden_states,
         returns (logits, hidden [n_layer + 1, B, T, E]) laid out as Hugging Face's: hidden[0] = embeddings,
         hidden[i] = output of block i, hidden[-1] = ln_f(output of the last block).
         prefix_embeds [B, P, E]: vectors read before the tokens (see the module docstring); outputs still cover
-        the T tokens only.
+        the T tokens only. prefix_mask [B, P]: 1 = real prefix vector, 0 = padding (default: all real).
         """
         cfg = self.config
         batch, num_tokens = input_ids.shape
@@ -202,13 +206,19 @@ class GPT2(nn.Module):
             attention_mask = jnp.ones((batch, num_tokens), jnp.int32)
         attention_mask = attention_mask.astype(jnp.int32)
         num_prefix = 0
+        if prefix_mask is not None and prefix_embeds is None:
+            raise ValueError("prefix_mask was given without prefix_embeds; pass both or neither")
         if prefix_embeds is not None:
             if prefix_embeds.ndim != 3 or prefix_embeds.shape[0] != batch or prefix_embeds.shape[2] != cfg.n_embd:
                 raise ValueError(f"prefix_embeds must be [batch={batch}, P, n_embd={cfg.n_embd}], "
                                  f"got {prefix_embeds.shape}")
             num_prefix = prefix_embeds.shape[1]
-            # The prefix is a run of always-real slots ahead of the tokens: one sequence of P + T from here on.
-            attention_mask = jnp.concatenate([jnp.ones((batch, num_prefix), jnp.int32), attention_mask], axis=1)
+            if prefix_mask is None:
+                prefix_mask = jnp.ones((batch, num_prefix), jnp.int32)
+            elif prefix_mask.shape != (batch, num_prefix):
+                raise ValueError(f"prefix_mask must be [batch={batch}, P={num_prefix}], got {prefix_mask.shape}")
+            # The prefix is a run of slots ahead of the tokens: one sequence of P + T from here on.
+            attention_mask = jnp.concatenate([prefix_mask.astype(jnp.int32), attention_mask], axis=1)
         length = num_prefix + num_tokens
 
         cache_index = jnp.zeros((), jnp.int32)

@@ -3,6 +3,10 @@
 Each example that carries instructions (the Shapes world) becomes `instruction <|sep|> description <|endoftext|>`
 with one of its instructions drawn per epoch; an example with a caption only trains a caption language model.
 The loss is next-token cross-entropy on the description tokens.
+
+`lm.instruction_encoder="bert"`: the instruction is read by a frozen pretrained BERT instead (see bert_prefix.py);
+GPT-2 reads `[BERT prefix] <|sep|> description <|endoftext|>`, and its n_positions grows by text.max_length (the
+prefix slots) so lm.max_length stays the room for the tokens.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import optax
 from llmimg_jax.data.pipeline import Pipeline
 from llmimg_jax.data.sources import make_source, validation_texts
 from llmimg_jax.data.tokenizer import ensure_tokenizer
+from llmimg_jax.text.bert_prefix import InstructionReader, build_reader, uses_bert
 from llmimg_jax.text.gpt2 import GPT2, gpt2_config
-from llmimg_jax.text.edit_format import edit_texts, with_edits
+from llmimg_jax.text.edit_format import edit_texts, edit_triple, with_edits
 from llmimg_jax.text.prompt_format import training_example
 from llmimg_jax.training.task import Phase, Task
 
@@ -34,9 +39,11 @@ def default_lm_config() -> ml_collections.ConfigDict:
         n_layer=0,         # 0: the preset's; otherwise overrides it
         n_embd=0,
         n_head=0,
-        max_length=96,     # tokens per training sequence (instruction + description); also n_positions
+        max_length=96,     # tokens per sequence (instruction + description); n_positions (+ text.max_length: bert)
         dropout=0.0,
         edit_fraction=0.0,  # share of Shapes examples turned into edit triples (description; edit -> new description)
+        instruction_encoder="gpt2",  # 'gpt2': GPT-2 reads the instruction's tokens | 'bert': a frozen BERT prefix
+        adapter_layers=1,   # bert: transformer blocks in the adapter after LayerNorm + Linear (0: none)
         scan_layers=False,
         remat=False,
     ))
@@ -57,7 +64,8 @@ def default_expand_config() -> ml_collections.ConfigDict:
 def build_lm(config: ml_collections.ConfigDict, vocab_size: int) -> GPT2:
     lm = config.lm
     overrides = {k: int(lm[k]) for k in ("n_layer", "n_embd", "n_head") if int(lm[k]) > 0}
-    return GPT2(gpt2_config(lm.preset, vocab_size=vocab_size, n_positions=int(lm.max_length), dropout=lm.dropout,
+    positions = int(lm.max_length) + (int(config.text.max_length) if uses_bert(config) else 0)
+    return GPT2(gpt2_config(lm.preset, vocab_size=vocab_size, n_positions=positions, dropout=lm.dropout,
                             dtype=config.train.compute_dtype, scan_layers=lm.scan_layers, remat=lm.remat,
                             **overrides))
 
@@ -70,11 +78,24 @@ def corpus(source, limit: int = TOKENIZER_CORPUS_EXAMPLES):
         yield from example.get("instructions") or ()
 
 
+def _draw_instruction(example: dict, rng: np.random.Generator) -> str | None:
+    instructions = example.get("instructions") or []
+    return instructions[rng.integers(len(instructions))] if len(instructions) else None
+
+
 def lm_preprocess(tokenizer, max_length: int):
     def preprocess(example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        instructions = example.get("instructions") or []
-        prompt = instructions[rng.integers(len(instructions))] if len(instructions) else None
-        return training_example(tokenizer, prompt, example["text"], max_length)
+        return training_example(tokenizer, _draw_instruction(example, rng), example["text"], max_length)
+    return preprocess
+
+
+def bert_preprocess(tokenizer, reader: InstructionReader, max_length: int, edit_fraction: float = 0.0):
+    """GPT-2's `<|sep|> target <|endoftext|>` row and the instruction's BERT row; an `edit_fraction` of the Shapes
+    examples become edit triples, drawn as `with_edits` draws them. A caption-only example reads an empty one."""
+    def preprocess(example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        pair = edit_triple(example, rng) if edit_fraction > 0 and rng.random() < edit_fraction else None
+        prompt, target = pair or (_draw_instruction(example, rng), example["text"])
+        return {**training_example(tokenizer, "", target, max_length), **reader.row(prompt or "")}
     return preprocess
 
 
@@ -93,27 +114,44 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         corpus(source), edit_texts(source, TOKENIZER_CORPUS_EXAMPLES) if edit_fraction > 0 else ()))
     model = build_lm(config, len(tokenizer))
     max_length = int(config.lm.max_length)
-    preprocess = with_edits(lm_preprocess(tokenizer, max_length), tokenizer, max_length, edit_fraction)
+    reader, bert_weights = build_reader(config, workdir, model.config) if uses_bert(config) else (None, None)
+    if reader is None:
+        preprocess = with_edits(lm_preprocess(tokenizer, max_length), tokenizer, max_length, edit_fraction)
+    else:
+        preprocess = bert_preprocess(tokenizer, reader, max_length, edit_fraction)
     pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
                         preprocess=preprocess, shuffle=config.data.shuffle,
                         prefetch=config.data.prefetch)
+    deterministic = config.lm.dropout == 0.0
 
     def init(rng):
-        return {"lm": model.init(rng, jnp.zeros((1, max_length), jnp.int32))["params"]}
+        ids = jnp.zeros((1, max_length), jnp.int32)
+        if reader is None:
+            return {"lm": model.init(rng, ids)["params"]}
+        k_lm, k_reader = jax.random.split(rng)
+        return {"lm": model.init(k_lm, ids)["params"], **reader.init(k_reader)}
 
     def loss_fn(params, batch, rng, step):
-        logits = model.apply({"params": params["lm"]}, batch["ids"], batch["attention_mask"],
-                             deterministic=config.lm.dropout == 0.0, rngs={"dropout": rng})
+        if reader is None:
+            logits = model.apply({"params": params["lm"]}, batch["ids"], batch["attention_mask"],
+                                 deterministic=deterministic, rngs={"dropout": rng})
+        else:
+            k_adapter, k_lm = jax.random.split(rng)
+            prefix, prefix_mask = reader.prefix(params, batch["bert_ids"], batch["bert_mask"],
+                                                deterministic=deterministic, rng=k_adapter)
+            logits = model.apply({"params": params["lm"]}, batch["ids"], batch["attention_mask"],
+                                 deterministic=deterministic, rngs={"dropout": k_lm}, prefix_embeds=prefix,
+                                 prefix_mask=prefix_mask)
         loss, count = next_token_loss(logits, batch["ids"], batch["loss_mask"])
         return loss, {"target_tokens": count}
 
     def evaluate(state, step: int) -> None:
         from llmimg_jax.evaluation.expansion import expansion_accuracy
-        from llmimg_jax.text.expander import Expander
+        from llmimg_jax.text.expander import make_expander
 
         if config.data.source != "shapes" or jax.process_index() != 0:
             return
-        expander = Expander(model, state["params"]["lm"], tokenizer, config.expand, validate=True)
+        expander = make_expander(model, state["params"], tokenizer, config.expand, reader, validate=True)
         result = expansion_accuracy(expander, int(config.expand.eval_num), seed=config.seed)
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", f"expansion_{step:06d}.json"), "w") as f:
@@ -122,19 +160,22 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
               f"(valid {result['valid']:.3f}) on {result['num']} validation instructions", flush=True)
 
     def sample(state, step: int) -> None:
-        from llmimg_jax.text.expander import Expander
+        from llmimg_jax.text.expander import make_expander
 
         if jax.process_index() != 0:
             return
         prompts = sample_prompts(config, 8)
-        expander = Expander(model, state["params"]["lm"], tokenizer, config.expand, validate=False)
+        expander = make_expander(model, state["params"], tokenizer, config.expand, reader, validate=False)
         lines = [f"{p}\n  -> {e}" for p, e in zip(prompts, expander.expand(prompts, seed=step))]
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         with open(os.path.join(workdir, "samples", f"expansions_{step:06d}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    return Task(init=init, phases=(Phase(("lm",), loss_fn),), batches=pipeline.global_batches,
-                ema_groups=("lm",), data_state=pipeline.state, evaluate=evaluate, sample=sample)
+    # BERT ("bert") is a frozen group: no phase trains it, so it has no optimizer state and never changes.
+    groups = ("lm",) if reader is None else ("lm", "adapter")
+    return Task(init=init, phases=(Phase(groups, loss_fn),), batches=pipeline.global_batches,
+                ema_groups=groups, data_state=pipeline.state, evaluate=evaluate, sample=sample,
+                pretrained=(lambda: {"bert": bert_weights()}) if reader is not None else None)
 
 
 def sample_prompts(config: ml_collections.ConfigDict, num: int) -> list[str]:

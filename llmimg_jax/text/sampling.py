@@ -6,6 +6,7 @@ so a row's result does not depend on how much padding it has (left padding is th
 Step t draws with `jax.random.fold_in(rng, t)`, so both samplers (and reruns with the same seed) agree.
 An optional `prefix_embeds [B, P, E]` (an image prefix, see gpt2.py) is read before every prompt: the cached
 sampler feeds it with the prefill only (the cache holds P + prompt + new slots), the naive one with every re-run.
+`prefix_mask [B, P]` marks padded prefix slots (a text prefix of variable length); they are never attended to.
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ def _step(t, logits, out, done, rng, temperature, top_k, top_p, greedy, eos_id, 
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_cached(params, input_ids, attention_mask, rng, prefix_embeds, *, model, max_new_tokens, temperature,
-                     top_k, top_p, greedy, eos_id, pad_id):
+def _generate_cached(params, input_ids, attention_mask, rng, prefix_embeds, prefix_mask, *, model, max_new_tokens,
+                     temperature, top_k, top_p, greedy, eos_id, pad_id):
     batch, prompt_len = input_ids.shape
     num_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
     cache = init_cache(model, batch, num_prefix + prompt_len + max_new_tokens)
     logits, variables = model.apply({"params": params, "cache": cache}, input_ids, attention_mask=attention_mask,
-                                    decode=True, prefix_embeds=prefix_embeds, mutable=["cache"])
+                                    decode=True, prefix_embeds=prefix_embeds, prefix_mask=prefix_mask,
+                                    mutable=["cache"])
     first_logits = logits[jnp.arange(batch), _last_real_index(attention_mask)]
 
     def cond(state):
@@ -90,8 +92,8 @@ def _generate_cached(params, input_ids, attention_mask, rng, prefix_embeds, *, m
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_naive(params, input_ids, attention_mask, rng, prefix_embeds, *, model, max_new_tokens, temperature,
-                    top_k, top_p, greedy, eos_id, pad_id):
+def _generate_naive(params, input_ids, attention_mask, rng, prefix_embeds, prefix_mask, *, model, max_new_tokens,
+                    temperature, top_k, top_p, greedy, eos_id, pad_id):
     batch, prompt_len = input_ids.shape
     ids = jnp.concatenate([input_ids, jnp.full((batch, max_new_tokens), pad_id, input_ids.dtype)], axis=1)
     mask = jnp.concatenate([attention_mask, jnp.zeros((batch, max_new_tokens), attention_mask.dtype)], axis=1)
@@ -104,7 +106,7 @@ def _generate_naive(params, input_ids, attention_mask, rng, prefix_embeds, *, mo
     def body(state):
         t, ids, mask, out, done = state
         logits = model.apply({"params": params}, ids, attention_mask=mask,  # the whole buffer, every step
-                             prefix_embeds=prefix_embeds)
+                             prefix_embeds=prefix_embeds, prefix_mask=prefix_mask)
         slot = jnp.where(t == 0, first_slot, prompt_len + t - 1)
         tok, out, done = _step(t, logits[jnp.arange(batch), slot], out, done, rng, temperature, top_k, top_p,
                                greedy, eos_id, pad_id)
@@ -117,9 +119,9 @@ def _generate_naive(params, input_ids, attention_mask, rng, prefix_embeds, *, mo
     return jax.lax.while_loop(cond, body, state)[3]
 
 
-def _run(impl, model: GPT2, params: Any, input_ids, attention_mask, prefix_embeds, *, max_new_tokens: int,
-         rng: jax.Array, temperature: float, top_k: int, top_p: float, greedy: bool, eos_id: int | None,
-         pad_id: int) -> jax.Array:
+def _run(impl, model: GPT2, params: Any, input_ids, attention_mask, prefix_embeds, prefix_mask, *,
+         max_new_tokens: int, rng: jax.Array, temperature: float, top_k: int, top_p: float, greedy: bool,
+         eos_id: int | None, pad_id: int) -> jax.Array:
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if not greedy and temperature <= 0:
@@ -138,29 +140,38 @@ def _run(impl, model: GPT2, params: Any, input_ids, attention_mask, prefix_embed
             raise ValueError(f"prefix_embeds must be [batch={input_ids.shape[0]}, P, n_embd], "
                              f"got {prefix_embeds.shape}")
         num_prefix = prefix_embeds.shape[1]
+        if prefix_mask is not None:
+            prefix_mask = jnp.asarray(prefix_mask, jnp.int32)
+            if prefix_mask.shape != prefix_embeds.shape[:2]:
+                raise ValueError(f"prefix_mask must be [batch, P] = {prefix_embeds.shape[:2]}, "
+                                 f"got {prefix_mask.shape}")
+    elif prefix_mask is not None:
+        raise ValueError("prefix_mask was given without prefix_embeds; pass both or neither")
     if num_prefix + input_ids.shape[1] + max_new_tokens > model.config.n_positions:
         head = f"prefix {num_prefix} + " if num_prefix else ""
         raise UserError(f"{head}prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
                         f"n_positions={model.config.n_positions}; shorten one of them")
-    return impl(params, input_ids, attention_mask, rng, prefix_embeds, model=model, max_new_tokens=max_new_tokens,
-                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-                eos_id=eos_id, pad_id=int(pad_id))
+    return impl(params, input_ids, attention_mask, rng, prefix_embeds, prefix_mask, model=model,
+                max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                greedy=bool(greedy), eos_id=eos_id, pad_id=int(pad_id))
 
 
 def generate(model: GPT2, params: Any, input_ids, attention_mask=None, *, max_new_tokens: int, rng: jax.Array,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             eos_id: int | None = None, pad_id: int = 0, prefix_embeds=None) -> jax.Array:
+             eos_id: int | None = None, pad_id: int = 0, prefix_embeds=None, prefix_mask=None) -> jax.Array:
     """KV-cache generation: new token ids [B, max_new_tokens]; a row stops at its EOS and is pad_id after it.
-    `prefix_embeds [B, P, E]`, when given, is read before the prompt (an image prefix)."""
-    return _run(_generate_cached, model, params, input_ids, attention_mask, prefix_embeds,
+    `prefix_embeds [B, P, E]`, when given, is read before the prompt (an image or text prefix); `prefix_mask
+    [B, P]` (1 = real) marks its padding."""
+    return _run(_generate_cached, model, params, input_ids, attention_mask, prefix_embeds, prefix_mask,
                 max_new_tokens=max_new_tokens, rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
                 greedy=greedy, eos_id=eos_id, pad_id=pad_id)
 
 
 def generate_naive(model: GPT2, params: Any, input_ids, attention_mask=None, *, max_new_tokens: int,
                    rng: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   greedy: bool = False, eos_id: int | None = None, pad_id: int = 0, prefix_embeds=None) -> jax.Array:
+                   greedy: bool = False, eos_id: int | None = None, pad_id: int = 0, prefix_embeds=None,
+                   prefix_mask=None) -> jax.Array:
     """Same results as `generate`, re-running the model over the whole sequence for every token (benchmark)."""
-    return _run(_generate_naive, model, params, input_ids, attention_mask, prefix_embeds,
+    return _run(_generate_naive, model, params, input_ids, attention_mask, prefix_embeds, prefix_mask,
                 max_new_tokens=max_new_tokens, rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
                 greedy=greedy, eos_id=eos_id, pad_id=pad_id)

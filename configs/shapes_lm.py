@@ -3,6 +3,7 @@
     llmimg train --config configs/shapes_lm.py --workdir W          # default (CPU: minutes)
     llmimg train --config configs/shapes_lm.py:tiny --workdir W     # tests: seconds
     llmimg train --config configs/shapes_lm.py:edits --workdir W    # also learns edits (for `llmimg vary --edit`)
+    configs/shapes_lm.py:quickstart                                  # what `llmimg quickstart` trains
     llmimg train --config configs/shapes_lm.py:bert --workdir W     # reads instructions through frozen MiniLM
 """
 
@@ -25,6 +26,9 @@ def get_config(arg=None):
         config.expand.update(dict(eval_num=10, retries=1))
         config.train.update(dict(steps=20, batch_size=8, lr=5e-3, warmup_steps=2, checkpoint_every=10, log_every=5,
                                  eval_every=0, sample_every=0))
+    elif arg == "quickstart":
+        # The default model and budget; the quickstart evaluates at the end, not during training.
+        config.train.update(dict(eval_every=0, sample_every=0, checkpoint_every=750))
     elif arg == "edits":
         # description; edit -> new description: longer sequences, and more steps for the extra task.
         config.lm.update(dict(edit_fraction=0.3, max_length=96))

@@ -1,7 +1,8 @@
 """`llmimg quickstart`: the whole system on the embedded default, in one workdir.
 
-    W/lm/          the prompt-expander GPT-2 (configs/shapes_lm.py)
-    W/generator/   the text-to-image generator (configs/shapes_diffusion.py or shapes_gan.py), encoding text with W/lm
+    W/lm/          the prompt-expander GPT-2 (configs/shapes_lm.py:quickstart)
+    W/generator/   the text-to-image generator (configs/shapes_diffusion.py:quickstart or shapes_gan.py:quickstart),
+                   encoding text with W/lm
     W/samples.png  instructions, their expansions and the images drawn from them
     W/report.md, W/report.json, W/*.png   the evaluation (`llmimg eval`)
 
@@ -21,8 +22,6 @@ from llmimg_jax.errors import UserError
 
 QUICKSTART_FILE = "quickstart.json"
 CONFIGS = {"lm": "shapes_lm.py", "diffusion": "shapes_diffusion.py", "gan": "shapes_gan.py"}
-# Step counts sized for about 20 minutes on 2 CPU cores (see the README for the figures they reach).
-DEFAULT_STEPS = {"lm": 1000, "diffusion": 500, "gan": 800}
 
 
 def configs_dir() -> str:
@@ -43,12 +42,9 @@ def resolve_workdirs(workdir: str) -> tuple[str, str | None]:
     return os.path.join(workdir, layout["generator"]), os.path.join(workdir, layout["lm"])
 
 
-def _phase_config(name: str, variant: str | None, overrides: Sequence[str]):
-    spec = os.path.join(configs_dir(), CONFIGS[name]) + (f":{variant}" if variant else "")
-    config = load_config(spec)
-    if not variant:
-        config.train.steps = DEFAULT_STEPS[name]
-    return apply_overrides(config, overrides)
+def _phase_config(name: str, variant: str, overrides: Sequence[str]):
+    """The phase's config file at its `quickstart` (about 20 minutes in all on 2 CPU cores) or `tiny` variant."""
+    return apply_overrides(load_config(os.path.join(configs_dir(), CONFIGS[name]) + f":{variant}"), overrides)
 
 
 def _train(config, workdir: str) -> None:
@@ -69,7 +65,7 @@ def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = F
     if generator not in ("diffusion", "gan"):
         raise UserError(f"--generator must be diffusion or gan, got '{generator}'")
     start = time.time()
-    variant = "tiny" if tiny else None
+    variant = "tiny" if tiny else "quickstart"
     lm_dir, gen_dir = os.path.join(workdir, "lm"), os.path.join(workdir, "generator")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, QUICKSTART_FILE), "w") as f:

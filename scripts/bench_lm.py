@@ -3,67 +3,38 @@
     python scripts/bench_lm.py            # presets tiny and gpt2
     python scripts/bench_lm.py --quick    # tiny only, short runs (a smoke test)
 
-Prints a markdown table. Times are medians over --repeats runs after one compiling run; random weights.
+Prints a markdown table. Times are medians over --repeats alternating runs after one compiling run; random
+weights. The samplers are those of llmimg_jax/bench/lm_vs_transformers.py, whose row in
+`python -m llmimg_jax.bench` compares the KV-cache sampler with transformers' generate.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 
+from llmimg_jax.bench.lm_vs_transformers import jax_lm_sampler, lm_train_step
+from llmimg_jax.bench.rows import alternate
 from llmimg_jax.text.gpt2 import GPT2, gpt2_config, init_params
-from llmimg_jax.text.sampling import generate, generate_naive
-
-
-def _median_seconds(fn, repeats: int) -> tuple[float, float]:
-    """(compile + first run seconds, median seconds of the following runs)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
-
-
-def _train_step_fn(model: GPT2, tx: optax.GradientTransformation):
-    def loss_fn(params, ids):
-        logits = model.apply({"params": params}, ids[:, :-1])
-        logp = jax.nn.log_softmax(logits, -1)
-        return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], -1))
-
-    @jax.jit
-    def step(params, opt_state, ids):
-        loss, grads = jax.value_and_grad(loss_fn)(params, ids)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
 
 
 def bench_preset(preset: str, args: argparse.Namespace) -> dict:
     model = GPT2(gpt2_config(preset))
     params = init_params(model, jax.random.key(0))
-    n_params = sum(x.size for x in jax.tree.leaves(params))
     vocab = model.config.vocab_size
-    prompts = jax.random.randint(jax.random.key(1), (args.batch, args.prompt_len), 0, vocab)
-    sample_args = dict(max_new_tokens=args.new_tokens, rng=jax.random.key(2), temperature=1.0)
-    new_tokens = args.batch * args.new_tokens
-
-    row = {"preset": preset, "params": f"{n_params / 1e6:.1f}M"}
-    for name, sampler in (("kv", generate), ("naive", generate_naive)):
-        first, sec = _median_seconds(lambda: sampler(model, params, prompts, None, **sample_args), args.repeats)
-        row[f"{name}_tok_s"], row[f"{name}_compile_s"] = new_tokens / sec, first - sec
+    prompts = np.random.default_rng(1).integers(0, vocab, (args.batch, args.prompt_len)).astype(np.int32)
+    t = alternate({"kv": jax_lm_sampler(model, params, prompts, args.new_tokens),
+                   "naive": jax_lm_sampler(model, params, prompts, args.new_tokens, naive=True)}, args.repeats)
+    row = {"preset": preset, "params": f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M"}
+    for name in ("kv", "naive"):
+        row[f"{name}_tok_s"] = args.batch * args.new_tokens / t[name]
+        row[f"{name}_compile_s"] = t[f"{name}_first"] - t[name]
 
     tx = optax.adamw(1e-4)
-    step = _train_step_fn(model, tx)
+    step = lm_train_step(model, tx)
     ids = jax.random.randint(jax.random.key(3), (args.train_batch, args.train_len + 1), 0, vocab)
     state = {"params": params, "opt": tx.init(params)}
 
@@ -71,8 +42,9 @@ def bench_preset(preset: str, args: argparse.Namespace) -> dict:
         state["params"], state["opt"], loss = step(state["params"], state["opt"], ids)
         return loss
 
-    first, sec = _median_seconds(train_once, args.repeats)
-    row["train_tok_s"], row["train_compile_s"] = args.train_batch * args.train_len / sec, first - sec
+    t = alternate({"train": train_once}, args.repeats)
+    row["train_tok_s"] = args.train_batch * args.train_len / t["train"]
+    row["train_compile_s"] = t["train_first"] - t["train"]
     return row
 
 

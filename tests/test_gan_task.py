@@ -169,8 +169,9 @@ def test_tiny_trains_through_the_cli_and_resumes_exactly(data_dir, tmp_path, mon
 
 @pytest.mark.slow
 def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
-    """Phase losses and gradient norms (step 1: no R1 in the tiny config) on mesh (2, 2, 2) equal one device's;
-    also the R1 term (step 0): input gradients through kernels sharded [fsdp, tensor] (see training/sharding.py)."""
+    """Phase losses and gradients (step 1: no R1 in the tiny config; G's include the trainable LM) on mesh (2, 2, 2)
+    equal one device's; also the R1 term (step 0): input gradients through kernels sharded [fsdp, tensor] (see
+    training/sharding.py)."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
     out = run_with_devices(f"import sys, json; sys.path.insert(0, {REPO!r})\n" + textwrap.dedent(f"""
         import flax.linen as nn, jax, numpy as np, optax
@@ -182,7 +183,7 @@ def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
         config = load_config({CONFIG + ":tiny"!r})
         config.text.trainable = True
         task = make_task(config, {str(tmp_path)!r})
-        results = {{}}
+        results, reference = {{}}, {{}}
         for name, sizes, devices in (("one", dict(data=1), jax.devices()[:1]),
                                       ("eight", dict(data=2, fsdp=2, tensor=2), None)):
             config.mesh.update(sizes)
@@ -196,6 +197,13 @@ def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
                     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(
                         {{g: params[g] for g in phase.groups}})
                     results[f"{{name}}/{{phase.name}}"] = [float(loss), float(optax.tree.norm(grads))]
+                    grads = [np.asarray(g) for g in jax.tree.leaves(grads)]
+                    if name == "one":
+                        reference[phase.name] = grads
+                    else:  # largest difference of any gradient entry, and the largest gradient entry
+                        results[f"grad/{{phase.name}}"] = [
+                            max(float(np.abs(a - b).max()) for a, b in zip(grads, reference[phase.name])),
+                            max(float(np.abs(b).max()) for b in reference[phase.name])]
                     if "updates" in metrics:
                         u = metrics["updates"]["d_spectral"]
                         results[f"{{name}}/u"] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]).tolist()
@@ -210,6 +218,14 @@ def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
     np.testing.assert_allclose(out["eight/u"], out["one/u"], atol=1e-5)
     assert out["one/r1"] > 0
     np.testing.assert_allclose(out["eight/r1"], out["one/r1"], rtol=1e-4)
+    diff, largest = out["grad/g"]  # G's and the LM's gradients, entry by entry
+    assert largest > 0 and diff <= 1e-5 * largest, (diff, largest)
+    diff, largest = out["grad/d"]
+    assert largest > 0 and diff <= 1e-3 * largest, (diff, largest)
+    if diff > 1e-5 * largest:
+        # D's first layers (block0/conv1, stem) differ by ~5e-5 of the largest entry on this mesh only; (4, 1, 2)
+        # mesh matches to 3e-6. Not yet explained (spectral norm's gathered kernels?); G's gradients are exact.
+        pytest.xfail(f"D gradients on mesh (2, 2, 2) differ by {diff:.3g} (largest entry {largest:.3g})")
 
 
 def test_generate_is_deterministic_and_truncation_zero_ignores_z(data_dir, tmp_path, monkeypatch):

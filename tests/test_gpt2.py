@@ -198,3 +198,57 @@ def test_sharded_loss_equals_single_device():
     assert result["wte"] == ["tensor", "fsdp"]
     assert result["fc_shard"] == [64 // 4, 256 // 2]  # really split over fsdp x tensor
     assert abs(result["single"] - result["sharded"]) < 1e-5
+
+
+def test_sharded_gradients_equal_single_device():
+    """LM-loss gradients (parameters and a prefix of embeddings, whose width is split over tensor as a projection's
+    output would be) on mesh (data=2, fsdp=2, tensor=2) equal one device's. Without kernels gathered over the batch
+    axes at use, XLA swapped the middle batch shards in the backward pass (training/sharding.py)."""
+    result = run_with_devices("""
+        import json
+        import flax.linen as nn
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from llmimg_jax.text.gpt2 import GPT2, gpt2_config, init_params
+        from llmimg_jax.training.config import DEFAULT_SHARDING_RULES
+        from llmimg_jax.training.sharding import param_shardings
+
+        rules = DEFAULT_SHARDING_RULES + (("layers", None),)
+        mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+        ids = jax.random.randint(jax.random.key(1), (8, 7), 0, 100)
+        prefix = jax.random.normal(jax.random.key(2), (8, 3, 64))
+        batch = NamedSharding(mesh, P(("data", "fsdp")))
+        prefix_sharding = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
+        out = {}
+        for scan in (False, True):
+            model = GPT2(gpt2_config("tiny", vocab_size=100, scan_layers=scan))
+
+            def loss_fn(p, prefix, ids):
+                logp = jax.nn.log_softmax(model.apply({"params": p}, ids[:, :-1], prefix_embeds=prefix), -1)
+                return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], -1))
+
+            grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1))
+            params = init_params(model, jax.random.key(0))
+            want_loss, want = jax.jit(grad_fn)(params, prefix, ids)
+            boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
+            shardings = param_shardings(boxed, mesh, rules)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                loss, got = jax.jit(grad_fn, in_shardings=(shardings, prefix_sharding, batch),
+                                    out_shardings=(None, (shardings, prefix_sharding)))(
+                    jax.device_put(params, shardings), jax.device_put(prefix, prefix_sharding),
+                    jax.device_put(ids, batch))
+            leaves = lambda tree: jax.tree.leaves(tree)
+            fc = got[0]["h"]["mlp"]["c_fc"]["kernel"] if scan else got[0]["h_0"]["mlp"]["c_fc"]["kernel"]
+            out[str(scan)] = {
+                "loss": abs(float(loss) - float(want_loss)),
+                "params": max(float(jnp.abs(a - b).max()) for a, b in zip(leaves(got[0]), leaves(want[0]))),
+                "params_max": max(float(jnp.abs(g).max()) for g in leaves(want[0])),
+                "prefix": float(jnp.abs(got[1] - want[1]).max()), "prefix_max": float(jnp.abs(want[1]).max()),
+                "fc_spec": [str(s) for s in fc.sharding.spec]}
+        print(json.dumps(out))
+    """)
+    for scan, r in result.items():
+        assert r["fc_spec"][-2:] == ["fsdp", "tensor"], (scan, r)  # the kernels really are split both ways
+        assert r["loss"] < 1e-5, (scan, r)
+        assert r["params"] <= 1e-5 * r["params_max"], (scan, r)
+        assert r["prefix"] <= 1e-5 * r["prefix_max"], (scan, r)

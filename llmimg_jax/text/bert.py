@@ -3,7 +3,8 @@
 Post-LN blocks (residual add, then LayerNorm), exact (erf) GELU, learned absolute positions plus token-type
 embeddings, bidirectional attention over the real tokens of `attention_mask`. Parameter names follow Hugging
 Face's modules (`layer_<i>/attention/query` ...) so the importer is a plain renaming; q/k/v kernels are
-`[embed, heads, kv]` and the attention output `[heads, kv, embed]`, as in `gpt2.py`.
+`[embed, heads, kv]` and the attention output `[heads, kv, embed]`, as in `gpt2.py`, whose `Linear` and `Embed`
+gather their kernels over the batch's mesh axes at use (see training/sharding.py).
 
 Not imported: the pooler (a tanh layer over [CLS], trained for next-sentence prediction). Sentence-transformers
 models, MiniLM included, use the mean of the token states over real tokens instead: `mean_pool`.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.errors import UserError
-from llmimg_jax.text.gpt2 import Linear
+from llmimg_jax.text.gpt2 import Embed, Linear
 from llmimg_jax.text.hf_checkpoint import TensorReader, read_hf_config, read_tensors
 
 Params = Any
@@ -151,9 +152,8 @@ class Bert(nn.Module):
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
         mask = (attention_mask > 0)[:, None, None, :]
 
-        embed = lambda num, names, name: nn.Embed(num, cfg.hidden_size, dtype=cfg.compute_dtype,  # noqa: E731
-                                                  param_dtype=jnp.float32, name=name,
-                                                  embedding_init=_init(nn.initializers.normal(0.02), names))
+        embed = lambda num, names, name: Embed(num, cfg.hidden_size, names, 0.02, cfg.compute_dtype,  # noqa: E731
+                                               name=name)
         x = (embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
              + embed(cfg.max_position_embeddings, ("pos", "embed"), "position_embeddings")(jnp.arange(length))[None]
              # two token types: too few rows to shard, so that axis has no name (replicated)

@@ -19,6 +19,9 @@ with the prefill call only: it fills the first P cache slots (so create the cach
 `prefix_mask [B, P]` (1 = real) marks padding inside a prefix of variable length (e.g. a text encoder's token
 states): padded prefix slots are never attended to and take no position, so a row's result equals that of its
 real prefix vectors alone.
+
+Kernels and embedding tables are gathered over the batch's mesh axes where they are used (`gather_for_compute`:
+FSDP, and a guard against an XLA partitioner bug on 3-D meshes that corrupts gradients).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
+from llmimg_jax.training.sharding import gather_for_compute
 
 Params = Any
 
@@ -114,8 +118,34 @@ class Linear(nn.Module):
         kernel = self.param("kernel", _init(_normal(self.std), self.names), kernel_shape, jnp.float32)
         bias = self.param("bias", _init(nn.initializers.zeros, self.names[self.in_dims:]), tuple(self.out_shape),
                           jnp.float32)
+        kernel = gather_for_compute(kernel, self.names)
+        bias = gather_for_compute(bias, self.names[self.in_dims:])
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return jnp.tensordot(x, kernel, axes=self.in_dims) + bias
+
+
+class Embed(nn.Module):
+    """A table `embedding` [num, features] with logical `names`: rows by id (`__call__`), or logits against every
+    row (`attend`, the tied output head). nn.Embed's parameters and results, with the table gathered at use."""
+    num_embeddings: int
+    features: int
+    names: tuple[str | None, str]
+    std: float = 0.02
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param("embedding", _init(_normal(self.std), self.names),
+                                    (self.num_embeddings, self.features), jnp.float32)
+
+    def _table(self) -> jax.Array:
+        return gather_for_compute(self.embedding, self.names).astype(self.dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self._table(), ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x [..., features] -> [..., num_embeddings]."""
+        return jnp.dot(x.astype(self.dtype), self._table().T)
 
 
 class CausalSelfAttention(nn.Module):
@@ -245,10 +275,8 @@ class GPT2(nn.Module):
         mask = mask[:, None]  # [B, 1, T, S]: broadcast over heads
         positions = jnp.maximum(seen + jnp.cumsum(attention_mask, axis=-1) - 1, 0)
 
-        wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="wte",
-                       embedding_init=_init(_normal(0.02), ("vocab", "embed")))
-        wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="wpe",
-                       embedding_init=_init(_normal(0.01), ("pos", "embed")))
+        wte = Embed(cfg.vocab_size, cfg.n_embd, ("vocab", "embed"), 0.02, cfg.compute_dtype, name="wte")
+        wpe = Embed(cfg.n_positions, cfg.n_embd, ("pos", "embed"), 0.01, cfg.compute_dtype, name="wpe")
         x = wte(input_ids)
         if prefix_embeds is not None:
             x = jnp.concatenate([prefix_embeds.astype(x.dtype), x], axis=1)

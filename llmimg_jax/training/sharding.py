@@ -80,6 +80,25 @@ def gather_for_compute(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, P(*used))
 
 
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """An activation constrained to the sharding of its logical `names` (by the same table as parameters, so a
+    dimension its mesh axes do not divide is replicated); without a mesh and rules in context, `x` as is."""
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, mesh_spec(names, x.shape, mesh, rules))
+
+
+CONV_NAMES = (None, None, "conv_in", "conv_out")  # logical names of a convolution kernel [kh, kw, in, out]
+
+
+# A drop-in `conv_general_dilated` for nn.Conv: the kernel (rhs) is gathered for compute (`gather_for_compute`).
+def conv_gathered(lhs: jax.Array, rhs: jax.Array, *args, names: Sequence[str | None] = CONV_NAMES,
+                  **kwargs) -> jax.Array:
+    return jax.lax.conv_general_dilated(lhs, gather_for_compute(rhs, names), *args, **kwargs)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

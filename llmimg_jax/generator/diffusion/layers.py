@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmimg_jax.training.sharding import gather_for_compute
+from llmimg_jax.training.sharding import CONV_NAMES, conv_gathered, gather_for_compute
 
 Dtype = Any
 
@@ -33,15 +33,8 @@ _heads_kernel = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_norma
 _out_kernel = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
 
 
-_CONV_NAMES = (None, None, "conv_in", "conv_out")
-
-
 # nn.Conv / nn.Dense with the kernel gathered over the batch's mesh axes before use (FSDP); leaving a kernel
 # sharded [fsdp, tensor] makes XLA's partitioner mix up batch shards on 3-D meshes (see training/sharding.py).
-def _conv_gathered(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
-    return jax.lax.conv_general_dilated(lhs, gather_for_compute(rhs, _CONV_NAMES), *args, **kwargs)
-
-
 def _dot_gathered(lhs: jax.Array, rhs: jax.Array, *args, names: Sequence[Optional[str]], **kwargs) -> jax.Array:
     return jax.lax.dot_general(lhs, gather_for_compute(rhs, names), *args, **kwargs)
 
@@ -49,8 +42,8 @@ def _dot_gathered(lhs: jax.Array, rhs: jax.Array, *args, names: Sequence[Optiona
 def conv(features: int, kernel: int, name: str, dtype: Dtype, strides: int = 1) -> nn.Conv:
     """A 'SAME' convolution with kernel [kh, kw, conv_in, conv_out]."""
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME", dtype=dtype,
-                   kernel_init=named(_kernel, *_CONV_NAMES), bias_init=named(_zeros, "conv_out"),
-                   conv_general_dilated=_conv_gathered, name=name)
+                   kernel_init=named(_kernel, *CONV_NAMES), bias_init=named(_zeros, "conv_out"),
+                   conv_general_dilated=conv_gathered, name=name)
 
 
 def dense(features: int, in_name: str, out_name: str, name: str, dtype: Dtype) -> nn.Dense:

@@ -9,6 +9,8 @@ synthesis: w -> 4x4 features -> residual upsampling blocks to S x S -> tanh RGB.
            under a key padding mask [B, T] (True/1 = real token).
 Truncation: `truncate_style` pulls w toward the mean style of the same text (the conditional StyleGAN truncation
 trick); `sample` draws z and applies it at sampling time.
+Convolution and attention kernels are gathered over the batch's mesh axes where they are used
+(`gather_for_compute`: FSDP, and a guard against an XLA partitioner bug on 3-D meshes that corrupts gradients).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.presets import from_preset
+from llmimg_jax.training.sharding import CONV_NAMES, constrain, conv_gathered, gather_for_compute
 
 Array = jax.Array
 
@@ -76,6 +79,8 @@ def generator_config(preset: str = "32", **overrides: Any) -> GeneratorConfig:
     return from_preset(GeneratorConfig, G_PRESETS, preset, "generator", **overrides)
 
 
+# Dense kernels are used as stored: none is split over both fsdp and tensor, and gathering the one split over fsdp
+# (text_proj, [embed, time]) made XLA miscompute the LM's gradients on a (2, 2, 2) mesh (tests/test_gan_task.py).
 def _dense(features: int, names: tuple[str, str], dtype: Any, name: Optional[str] = None) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
@@ -84,9 +89,8 @@ def _dense(features: int, names: tuple[str, str], dtype: Any, name: Optional[str
 
 def _conv(features: int, kernel_size: int, dtype: Any, name: Optional[str] = None) -> nn.Conv:
     return nn.Conv(features, (kernel_size, kernel_size), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
-                   name=name,
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                            (None, None, "conv_in", "conv_out")),
+                   name=name, conv_general_dilated=conv_gathered,
+                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_NAMES),
                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
 
 
@@ -158,16 +162,19 @@ class CrossAttention(nn.Module):
         b, hh, ww, c = x.shape
         heads = (self.num_heads, self.head_dim)
 
-        def param(name: str, shape: tuple[int, ...], names: tuple[str, ...], in_axis, out_axis) -> Array:
+        def param(name: str, shape: tuple[int, ...], names: tuple[str, ...], init) -> Array:
+            value = self.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+            return gather_for_compute(value, names).astype(self.dtype)
+
+        def kernel(name: str, shape: tuple[int, ...], names: tuple[str, ...], in_axis, out_axis) -> Array:
             # Own params rather than nn.DenseGeneral, whose initialiser boxes a flattened kernel.
             init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis)
-            return self.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32).astype(self.dtype)
+            return param(name, shape, names, init)
 
         def proj(name: str, inputs: Array) -> Array:
-            kernel = param(f"{name}_kernel", (inputs.shape[-1],) + heads, ("embed", "heads", "kv"), 0, (1, 2))
-            bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-                              heads, jnp.float32)
-            return jnp.einsum("bnc,chk->bnhk", inputs, kernel) + bias.astype(self.dtype)
+            w = kernel(f"{name}_kernel", (inputs.shape[-1],) + heads, ("embed", "heads", "kv"), 0, (1, 2))
+            bias = param(f"{name}_bias", heads, ("heads", "kv"), nn.initializers.zeros)
+            return jnp.einsum("bnc,chk->bnhk", inputs, w) + bias
 
         q = proj("query", group_norm(x, self.groups).reshape(b, hh * ww, c).astype(self.dtype))
         t = _layer_norm("token_norm")(tokens.astype(jnp.float32)).astype(self.dtype)
@@ -178,10 +185,9 @@ class CrossAttention(nn.Module):
         # A text with no real token reads nothing (rather than a uniform mix of padding).
         probs = probs * jnp.any(valid, axis=-1, keepdims=True)
         out = jnp.einsum("bhnt,bthk->bnhk", probs.astype(self.dtype), v)
-        out_kernel = param("out_kernel", heads + (c,), ("heads", "kv", "embed"), (0, 1), 2)
-        out_bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                              (c,), jnp.float32)
-        out = jnp.einsum("bnhk,hkc->bnc", out, out_kernel) + out_bias.astype(self.dtype)
+        out_kernel = kernel("out_kernel", heads + (c,), ("heads", "kv", "embed"), (0, 1), 2)
+        out_bias = param("out_bias", (c,), ("embed",), nn.initializers.zeros)
+        out = jnp.einsum("bnhk,hkc->bnc", out, out_kernel) + out_bias
         return x + out.reshape(b, hh, ww, c).astype(x.dtype)
 
 
@@ -212,6 +218,9 @@ class SynthesisNetwork(nn.Module):
         cfg = self.config
         c0 = cfg.channels[0]
         h = _dense(16 * c0, ("time", "conv_out"), self.dtype, "input")(w).reshape(-1, 4, 4, c0)
+        # The reshape would carry the dense output's tensor split onto the rows of the 4x4 map; a convolution of
+        # such a map got its kernel gradient wrong on a (2, 2, 2) mesh. Split the channels instead.
+        h = constrain(h, ("batch", None, None, "conv_out"))
         for i, (res, c) in enumerate(zip(cfg.resolutions, cfg.channels)):
             h = GBlock(c, upsample=i > 0, groups=cfg.groups, dtype=self.dtype, name=f"block{res}")(h, w)
             if res in cfg.attn_resolutions:

@@ -127,6 +127,18 @@ class BertTextSide(TextSide):
         return {"context": enc.states, "context_mask": enc.mask.astype(bool), "pooled": enc.pooled}
 
 
+def _record(workdir: str, encoder: str, model_config: Any, tokenizer) -> None:
+    """Writes the encoder's description and (when given, unless already there) its tokenizer into the generator's
+    workdir, so that the workdir alone is enough to generate."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    if tokenizer is not None and not os.path.isdir(os.path.join(workdir, "tokenizer")):
+        tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+    with open(os.path.join(workdir, TEXT_MODEL_FILE), "w") as f:
+        json.dump({"encoder": encoder, **dataclasses.asdict(model_config)}, f, indent=2)
+
+
 def _check_bert(config: BertConfig, text: ml_collections.ConfigDict) -> None:
     layers = config.num_hidden_layers
     if not -(layers + 1) <= int(text.layer) <= layers:
@@ -151,12 +163,7 @@ def _build_bert_side(config: ml_collections.ConfigDict, workdir: str) -> BertTex
     if len(tokenizer) > bert_config.vocab_size:
         raise UserError(f"the tokenizer in '{path}' has {len(tokenizer)} tokens but the model only "
                         f"{bert_config.vocab_size} embeddings; the directory's files do not match")
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        if not os.path.isdir(os.path.join(workdir, "tokenizer")):
-            tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
-        with open(os.path.join(workdir, TEXT_MODEL_FILE), "w") as f:
-            json.dump({"encoder": "bert", **dataclasses.asdict(bert_config)}, f, indent=2)
+    _record(workdir, "bert", bert_config, tokenizer)
     return BertTextSide(tokenizer, Bert(bert_config), int(text.layer), "mean", bool(text.trainable),
                         lambda: load_bert_params(path, bert_config), length=int(text.max_length))
 
@@ -171,16 +178,12 @@ def build_text_side(config: ml_collections.ConfigDict, workdir: str, texts_fn: C
     pretrained = None
     if text.lm_workdir:
         tokenizer, model, pretrained = lm_from_workdir(text.lm_workdir, config.train.compute_dtype)
-        if jax.process_index() == 0 and not os.path.isdir(os.path.join(workdir, "tokenizer")):
-            tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
     else:
         tokenizer = ensure_tokenizer(text, workdir, texts_fn)
         model = GPT2(gpt2_config(text.preset, vocab_size=len(tokenizer), n_positions=int(text.max_length),
                                  dtype=config.train.compute_dtype))
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, TEXT_MODEL_FILE), "w") as f:
-            json.dump({"encoder": "gpt2", **dataclasses.asdict(model.config)}, f, indent=2)
+    # A trained-here tokenizer is already in the workdir (ensure_tokenizer); one from an LM workdir is copied.
+    _record(workdir, "gpt2", model.config, tokenizer if text.lm_workdir else None)
     return TextSide(tokenizer, model, int(text.layer), text.pooling, bool(text.trainable), pretrained)
 
 

@@ -22,10 +22,13 @@ def get_config(arg=None):
     if arg == "tiny":
         config.data.update(dict(shapes_num_train=256, shapes_num_validation=32, shapes_num_test=32))
         config.lm.update(dict(n_layer=2, n_embd=32, n_head=2, max_length=64))
-        config.captioner.update(dict(num_prefix=2, channels=(8, 16), hidden=64, eval_num=8))
+        config.captioner.update(dict(num_prefix=4, channels=(8, 16), strides=(2, 2), hidden=64, eval_num=8))
         config.train.update(dict(steps=20, batch_size=8, lr=3e-3, warmup_steps=2, checkpoint_every=10, log_every=5,
                                  eval_every=0, sample_every=0))
+    elif arg == "quickstart":
+        # `llmimg quickstart --captioner`: the default model and budget, measured by the quickstart's report.
+        config.train.update(dict(eval_every=0, checkpoint_every=1000))
     elif arg is not None:
-        raise ValueError(f"unknown variant '{arg}'; use configs/shapes_captioner.py or "
-                         "configs/shapes_captioner.py:tiny")
+        raise ValueError(f"unknown variant '{arg}'; use configs/shapes_captioner.py, "
+                         "configs/shapes_captioner.py:tiny or configs/shapes_captioner.py:quickstart")
     return config

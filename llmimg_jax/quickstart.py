@@ -3,6 +3,8 @@
     W/lm/          the prompt-expander GPT-2 (configs/shapes_lm.py:quickstart)
     W/generator/   the text-to-image generator (configs/shapes_diffusion.py:quickstart or shapes_gan.py:quickstart),
                    encoding text with W/lm
+    W/captioner/   with --captioner: the image -> description model (configs/shapes_captioner.py:quickstart), measured
+                   in the report (captioning, round trip); it adds about 10 minutes on 2 CPU cores
     W/samples.png  instructions, their expansions and the images drawn from them
     W/report.md, W/report.json, W/*.png   the evaluation (`llmimg eval`)
 
@@ -21,7 +23,8 @@ from llmimg_jax.config import apply_overrides, load_config, save_config
 from llmimg_jax.errors import UserError
 
 QUICKSTART_FILE = "quickstart.json"
-CONFIGS = {"lm": "shapes_lm.py", "diffusion": "shapes_diffusion.py", "gan": "shapes_gan.py"}
+CONFIGS = {"lm": "shapes_lm.py", "diffusion": "shapes_diffusion.py", "gan": "shapes_gan.py",
+           "captioner": "shapes_captioner.py"}
 
 
 def configs_dir() -> str:
@@ -42,6 +45,16 @@ def resolve_workdirs(workdir: str) -> tuple[str, str | None]:
     return os.path.join(workdir, layout["generator"]), os.path.join(workdir, layout["lm"])
 
 
+def resolve_captioner(workdir: str) -> str | None:
+    """The captioner a quickstart workdir trained (`--captioner`), or None."""
+    marker = os.path.join(workdir, QUICKSTART_FILE)
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        name = json.load(f).get("captioner")
+    return os.path.join(workdir, name) if name else None
+
+
 def _phase_config(name: str, variant: str, overrides: Sequence[str]):
     """The phase's config file at its `quickstart` (about 20 minutes in all on 2 CPU cores) or `tiny` variant."""
     return apply_overrides(load_config(os.path.join(configs_dir(), CONFIGS[name]) + f":{variant}"), overrides)
@@ -60,32 +73,43 @@ def _train(config, workdir: str) -> None:
 
 
 def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = False, num_eval: int = 150,
-                   lm_overrides: Sequence[str] = (), generator_overrides: Sequence[str] = ()) -> dict:
+                   lm_overrides: Sequence[str] = (), generator_overrides: Sequence[str] = (),
+                   captioner: bool = False) -> dict:
     """Builds the data, trains the LM and the generator, draws the sample grid and writes the report."""
     if generator not in ("diffusion", "gan"):
         raise UserError(f"--generator must be diffusion or gan, got '{generator}'")
     start = time.time()
     variant = "tiny" if tiny else "quickstart"
     lm_dir, gen_dir = os.path.join(workdir, "lm"), os.path.join(workdir, "generator")
+    cap_dir = os.path.join(workdir, "captioner")
     os.makedirs(workdir, exist_ok=True)
+    layout = {"lm": "lm", "generator": "generator", "generator_kind": generator}
+    if captioner or resolve_captioner(workdir):  # a re-run without the flag keeps a captioner already there
+        layout["captioner"] = "captioner"
     with open(os.path.join(workdir, QUICKSTART_FILE), "w") as f:
-        json.dump({"lm": "lm", "generator": "generator", "generator_kind": generator}, f)
+        json.dump(layout, f)
+    phases = 6 if "captioner" in layout else 5
 
     lm_config = _phase_config("lm", variant, lm_overrides)
     gen_config = _phase_config(generator, variant, [f"text.lm_workdir={lm_dir}", *generator_overrides])
 
-    print("[1/5] data: the Shapes world", flush=True)
+    print(f"[1/{phases}] data: the Shapes world", flush=True)
     from llmimg_jax.data.sources import make_source
 
     for split in (lm_config.data.train_split, lm_config.data.eval_split):
         print(f"  {split}: {len(make_source(lm_config.data, split))} examples", flush=True)
-    print(f"[2/5] tokenizer and prompt-expander language model ({lm_config.train.steps} steps) -> {lm_dir}",
+    print(f"[2/{phases}] tokenizer and prompt-expander language model ({lm_config.train.steps} steps) -> {lm_dir}",
           flush=True)
     _train(lm_config, lm_dir)
-    print(f"[3/5] {generator} generator ({gen_config.train.steps} steps) -> {gen_dir}", flush=True)
+    print(f"[3/{phases}] {generator} generator ({gen_config.train.steps} steps) -> {gen_dir}", flush=True)
     _train(gen_config, gen_dir)
+    if "captioner" in layout:
+        cap_config = _phase_config("captioner", variant, ())
+        print(f"[4/{phases}] captioner: image -> description ({cap_config.train.steps} steps) -> {cap_dir}",
+              flush=True)
+        _train(cap_config, cap_dir)
 
-    print("[4/5] samples: instructions -> expansions -> images", flush=True)
+    print(f"[{phases - 1}/{phases}] samples: instructions -> expansions -> images", flush=True)
     from llmimg_jax.evaluation.alignment import make_eval_set
     from llmimg_jax.evaluation.grid import save_grid
     from llmimg_jax.pipeline import TextToImagePipeline
@@ -96,10 +120,11 @@ def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = F
     captions = [f"{i}  ->  {e}" for i, e in zip(instructions, out.expansions)]
     samples = save_grid([im for im in out.images], captions, os.path.join(workdir, "samples.png"))
 
-    print(f"[5/5] evaluation on {num_eval} held-out instructions", flush=True)
+    print(f"[{phases}/{phases}] evaluation on {num_eval} held-out instructions", flush=True)
     from llmimg_jax.evaluation.evaluate import evaluate_workdir
 
-    results = evaluate_workdir(gen_dir, lm_workdir=lm_dir, num=num_eval, seed=0, out_dir=workdir)
+    results = evaluate_workdir(gen_dir, lm_workdir=lm_dir, num=num_eval, seed=0, out_dir=workdir,
+                               captioner_workdir=cap_dir if "captioner" in layout else None)
     minutes = (time.time() - start) / 60
     files = {"samples": samples, "report": os.path.join(workdir, "report.md"),
              "report_json": os.path.join(workdir, "report.json"),
@@ -107,6 +132,9 @@ def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = F
     print(f"\ndone in {minutes:.1f} minutes")
     for name, scores in results["alignment"].items():
         print(f"  alignment {name}: {scores['accuracy']:.1%}")
+    if "captioner" in results:
+        print(f"  captioner: exact match {results['captioner']['caption_exact']:.1%}, "
+              f"round trip {results['captioner']['round_trip']:.1%}")
     print(f"  samples:     {files['samples']}\n  report:      {files['report']} (and report.json)\n"
           f"  tensorboard: tensorboard --logdir {workdir}\n"
           f"  next:        llmimg generate --workdir {workdir} --expand \"a red circle to the left of a blue square\" "

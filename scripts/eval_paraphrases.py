@@ -12,6 +12,8 @@ Shapes description and its scene satisfies the instruction's constraint:
                 the constraint parsed from the text
 An instruction longer than a GPT-2-reading model's context (its tokenizer, trained on Shapes texts, spells unseen
 words in many pieces) cannot be read: it counts as a failure, and the table says how many there were.
+With `--generator-workdir G`, each expansion is also drawn by G (one image, `--seed`) and the image is read back
+(the project's Shapes checker) and scored against the same constraint: a second table, images per kind.
 Prints one markdown table, a row per workdir, per kind and overall; `--out` also writes the failures (JSON).
 """
 
@@ -65,8 +67,30 @@ def greedy_expansions(expander: Expander, texts: Sequence[str], seed: int) -> li
     return out
 
 
-def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], seed: int) -> dict:
-    """items: (kind, text, constraint) -> per-kind and overall accuracy, valid rate and failures."""
+def image_score(pipe, items: Sequence[tuple[str, str, Instruction]], expansions: Sequence[str | None],
+                seed: int) -> dict:
+    """Draws each expansion with `pipe` (a TextToImagePipeline) and checks the image against the constraint; an
+    instruction without an expansion (too long to read) fails."""
+    from llmimg_jax.data.shapes.reader import read_image
+
+    drawable = [i for i, e in enumerate(expansions) if e is not None]
+    images = pipe.generate_arrays([expansions[i] for i in drawable], seed=seed) if drawable else []
+    good = [False] * len(items)
+    for i, image in zip(drawable, images):
+        try:
+            good[i] = satisfies(read_image(image), items[i][2])
+        except ShapesError:  # 0 or more than 3 objects: not a Shapes scene, wrong
+            pass
+    per_kind: dict[str, list[bool]] = {}
+    for (kind, _, _), ok in zip(items, good):
+        per_kind.setdefault(kind, []).append(ok)
+    return {"num": len(items), "overall": float(np.mean(good)),
+            "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()}}
+
+
+def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], seed: int, pipe=None) -> dict:
+    """items: (kind, text, constraint) -> per-kind and overall accuracy, valid rate and failures (and with `pipe`,
+    the images' scores under "images")."""
     expansions = greedy_expansions(expander, [text for _, text, _ in items], seed)
     per_kind: dict[str, list[bool]] = {}
     valid, failures = [], []
@@ -76,12 +100,15 @@ def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], see
         valid.append(is_valid)
         if not good:
             failures.append({"kind": kind, "instruction": text, "expansion": expansion, "valid": is_valid})
-    return {"num": len(items), "too_long": sum(e is None for e in expansions), "overall": float(np.mean([g for v in per_kind.values() for g in v])),
-            "valid": float(np.mean(valid)), "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()},
-            "failures": failures}
+    out = {"num": len(items), "too_long": sum(e is None for e in expansions),
+           "overall": float(np.mean([g for v in per_kind.values() for g in v])), "valid": float(np.mean(valid)),
+           "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()}, "failures": failures}
+    if pipe is not None:
+        out["images"] = image_score(pipe, items, expansions, seed)
+    return out
 
 
-def evaluate(workdir: str, num: int, per_template: int, seed: int) -> dict:
+def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None) -> dict:
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.training.checkpoint import latest_step
 
@@ -90,21 +117,23 @@ def evaluate(workdir: str, num: int, per_template: int, seed: int) -> dict:
     paraphrases = [(p.kind, p.text, p.instruction) for p in paraphrase_set(per_template, seed)]
     spec = [(kind, text, parse_instruction(text)) for kind, text in make_eval_set(num, seed)]
     return {"workdir": workdir, "encoder": config.lm.get("instruction_encoder", "gpt2"),
-            "step": latest_step(workdir), "paraphrase": score(expander, paraphrases, seed),
-            "spec": score(expander, spec, seed)}
+            "step": latest_step(workdir), "paraphrase": score(expander, paraphrases, seed, pipe),
+            "spec": score(expander, spec, seed, pipe)}
 
 
-def table(results: Sequence[dict]) -> str:
+def table(results: Sequence[dict], images: bool = False) -> str:
+    """Expansions (or, with `images`, the drawn images) per kind and overall, a row per workdir."""
     kinds = [k.replace("row/column", "row/col") for k in KINDS]
     head = ["workdir", "encoder", "step"] + [f"{s} {k}" for s in ("para", "spec") for k in kinds + ["all"]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
         cells = [os.path.basename(os.path.normpath(r["workdir"])), r["encoder"], str(r["step"])]
         for part in ("paraphrase", "spec"):
-            s = r[part]
+            s = r[part]["images"] if images else r[part]
             cells += [f"{s['per_kind'].get(k, float('nan')):.3f}" for k in KINDS]
-            long = f", {s['too_long']} too long" if s["too_long"] else ""
-            cells.append(f"**{s['overall']:.3f}** (n={s['num']}, valid {s['valid']:.2f}{long})")
+            long = f", {s['too_long']} too long" if s.get("too_long") else ""
+            valid = f", valid {s['valid']:.2f}" if "valid" in s else ""
+            cells.append(f"**{s['overall']:.3f}** (n={s['num']}{valid}{long})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -115,14 +144,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num", type=int, default=500, help="spec-template validation instructions")
     p.add_argument("--per-template", type=int, default=2, help="paraphrases per hand-written template")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generator-workdir", help="also draw every expansion with this generator and score the images")
     p.add_argument("--out", help="write the results, failures included, to this JSON file")
     args = p.parse_args(argv)
     try:
-        results = [evaluate(w, args.num, args.per_template, args.seed) for w in args.lm_workdir]
+        pipe = None
+        if args.generator_workdir:
+            from llmimg_jax.pipeline import TextToImagePipeline
+            from llmimg_jax.safety import NO_BLOCKLIST
+
+            pipe = TextToImagePipeline.from_workdir(args.generator_workdir, blocklist=NO_BLOCKLIST)
+        results = [evaluate(w, args.num, args.per_template, args.seed, pipe) for w in args.lm_workdir]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print("Expansions that satisfy their instruction:\n")
     print(table(results))
+    if pipe is not None:
+        print(f"\nImages drawn from the expansions by {args.generator_workdir} that satisfy their instruction:\n")
+        print(table(results, images=True))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

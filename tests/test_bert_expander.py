@@ -166,5 +166,20 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
     spec.loader.exec_module(script)
     capsys.readouterr()
     assert script.main(["--lm-workdir", workdir, "--num", "10", "--per-template", "1"]) == 0
-    table = capsys.readouterr().out.splitlines()
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(table) == 3 and "| lm | bert | 30 |" in table[2] and "(n=55," in table[2] and "(n=10," in table[2]
+
+    # Image scoring: an oracle generator (the renderer) draws each expansion; a missing expansion fails.
+    from llmimg_jax.data.shapes.grammar import describe, parse_description
+    from llmimg_jax.data.shapes.paraphrases import paraphrase_set
+    from llmimg_jax.data.shapes.render import render
+
+    class Renderer:
+        def generate_arrays(self, texts, seed=0):
+            return np.stack([render(parse_description(t), 32, np.random.default_rng(seed)) for t in texts])
+
+    items = [(p.kind, p.text, p.instruction) for p in paraphrase_set(1, 0)]
+    truth = [describe(p.scene) for p in paraphrase_set(1, 0)]
+    assert script.image_score(Renderer(), items, truth, 0)["overall"] == 1.0
+    wrong = [None] + truth[1:]
+    assert script.image_score(Renderer(), items, wrong, 0)["overall"] == pytest.approx(1 - 1 / len(items))

@@ -182,3 +182,61 @@ def test_round_trip_and_edit_accuracy_with_oracles(tmp_path, monkeypatch):
     assert captioning.edit_accuracy(Captioner(), Pipeline(True), None, num=6)["accuracy"] == 1.0
     truth = iter([describe(s) for s in scenes])
     assert captioning.edit_accuracy(Captioner(), Pipeline(False), None, num=6)["accuracy"] == 0.0
+
+
+def test_image_encoder_gives_one_vector_per_region():
+    import jax
+    import jax.numpy as jnp
+
+    from llmimg_jax.errors import UserError
+    from llmimg_jax.text.captioner import ImageEncoder
+
+    encoder = ImageEncoder(n_embd=16, num_prefix=4, channels=(8, 8), strides=(2, 2), hidden=32)
+    image = np.full((1, 16, 16, 3), -1.0, np.float32)
+    image[0, :8, :8] = [0.8, -0.8, -0.8]  # something red in the top-left quarter only
+    params = encoder.init(jax.random.key(0), jnp.asarray(image))["params"]
+    blank = encoder.apply({"params": params}, jnp.full_like(jnp.asarray(image), -1.0))
+    prefix = encoder.apply({"params": params}, jnp.asarray(image))
+    assert prefix.shape == (1, 4, 16)
+    changed = np.abs(np.asarray(prefix - blank)).max(-1)[0]
+    # 4x4 feature map pooled to 2x2: the top-left token sees the object; the bottom-right one, far away, does not.
+    assert changed[0] > 1e-3 and changed[3] == 0.0
+    with pytest.raises(UserError, match="num_prefix"):
+        ImageEncoder(n_embd=16, num_prefix=3, channels=(8,), strides=(2,)).init(
+            jax.random.key(0), jnp.asarray(image))
+
+
+def test_captioner_section_of_the_report(tmp_path, monkeypatch):
+    """`captioner_scores` with an oracle captioner and renderer: everything 1.0, and report.md shows the section
+    (with the edit accuracy, or the reason it was skipped)."""
+    from llmimg_jax.data.shapes.render import render
+    from llmimg_jax.evaluation import captioning
+    from llmimg_jax.evaluation.report import write_report
+
+    scenes = [SCENE, Scene(SCENE.objects[:1], "white")] * 2
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(4)  # the oracle reads the scene's index from the first pixel
+    monkeypatch.setattr(captioning, "validation_examples", lambda data_config, num: (images[:num], scenes[:num]))
+
+    class Captioner:
+        def describe(self, imgs):
+            return [describe(scenes[int(im[0, 0, 0])]) for im in imgs]
+
+    class Pipeline:
+        def expand(self, prompts, seed=0):
+            return [describe(apply_edit(parse_description(d), e)) for d, e in (p.split(EDIT_SEPARATOR) for p in prompts)]
+
+        def generate_arrays(self, texts, seed=0):
+            return np.stack([render(parse_description(t), 32, np.random.default_rng(seed)) for t in texts])
+
+    scores = captioning.captioner_scores(Captioner(), Pipeline(), None, 4)
+    assert scores["caption_exact"] == scores["round_trip"] == scores["edit"] == 1.0
+    assert set(scores["per_attribute"]) == {"count", "background", "shape", "colour", "size", "cell"}
+    no_edits = captioning.captioner_scores(Captioner(), Pipeline(), None, 4, edits=False)
+    assert "edit" not in no_edits
+    write_report({"captioner": {"workdir": "cap", **scores}}, str(tmp_path / "a"))
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "## Captioner (cap, 4 validation images)" in text and "| captioning exact match | 100.0 % |" in text
+    assert "| captioning: colour | 100.0 % |" in text and "edits (image" in text
+    write_report({"captioner": {**no_edits, "edit_skipped": "skipped: no edits"}}, str(tmp_path / "b"))
+    assert "skipped: no edits" in (tmp_path / "b" / "report.md").read_text()

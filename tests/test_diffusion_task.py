@@ -1,5 +1,6 @@
 """The diffusion task end to end on the tiny config: train through the runtime, sample grids, generate."""
 
+import json
 import os
 
 import numpy as np
@@ -58,8 +59,6 @@ def test_tiny_diffusion_trains_and_generates(tmp_path, monkeypatch, capsys):
 def test_eval_writes_a_report(tmp_path, monkeypatch, capsys):
     """`llmimg eval` on a tiny diffusion run: alignment per kind, Fréchet distances with a real-vs-real baseline,
     plots and report files (the probe is trained into a temporary cache)."""
-    import json
-
     monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     workdir = str(tmp_path / "run")
@@ -83,16 +82,19 @@ def test_quickstart_tiny_runs_resumes_and_serves_generate(tmp_path, monkeypatch,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     workdir = str(tmp_path / "qs")
     args = ["quickstart", "--workdir", workdir, "--tiny", "--num-eval", "10", "--generator-override",
-            "diffusion.sample_steps=2"]
+            "diffusion.sample_steps=2", "--captioner"]
     assert main(args) == 0
     for name in ("samples.png", "samples.txt", "report.md", "report.json", "accuracy_per_kind.png",
-                 "lm/tb", "generator/tb"):
+                 "lm/tb", "generator/tb", "captioner/tb"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    captioner = json.load(open(os.path.join(workdir, "report.json")))["captioner"]
+    assert captioner["num"] == 10 and 0.0 <= captioner["round_trip"] <= 1.0 and "edit_skipped" in captioner
+    assert "## Captioner" in open(os.path.join(workdir, "report.md")).read()
     captions = open(os.path.join(workdir, "samples.txt")).read().splitlines()
     assert len(captions) == 8 and all("  ->  " in c for c in captions)
     capsys.readouterr()
     assert main(args) == 0  # re-running resumes: nothing is trained again
-    assert capsys.readouterr().out.count("already trained to step") == 2
+    assert capsys.readouterr().out.count("already trained to step") == 3
     out = tmp_path / "x.png"
     assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(out), "--steps", "2"]) == 0
     assert np.asarray(Image.open(out)).shape == (32, 32, 3)

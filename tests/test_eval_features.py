@@ -84,9 +84,14 @@ def test_cli_errors_before_loading_a_model(tmp_path, extractor_file):
     for extra, message in (([], "alignment is measured on the Shapes world only, and the Fréchet distance needs a "
                                 "feature extractor: pass --features MODULE:FUNCTION"),
                            (["--features", "llmimg_no_such_module:f"], "cannot import module"),
-                           (["--features", f"{extractor_file}:missing"], "has no 'missing'")):
+                           (["--features", f"{extractor_file}:missing"], "has no 'missing'"),
+                           (["--captioner-workdir", str(workdir)], "the captioner is measured on the Shapes world")):
         code, err = _run("eval", "--workdir", str(workdir), *extra)
         assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    config.data.source = "shapes"
+    save_config(config, str(tmp_path / "shapes_run"))
+    code, err = _run("eval", "--workdir", str(tmp_path / "shapes_run"), "--captioner-workdir", str(workdir))
+    assert code == 2 and "is not a captioner run" in err and err.count("\n") == 1, err
 
 
 def write_folder(folder, num, rng):

@@ -21,6 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--features", metavar="MODULE:FUNCTION",
                    help="feature extractor for the Fréchet distance, MODULE:FUNCTION or file.py:FUNCTION, "
                         "f(images uint8 [N, S, S, 3]) -> [N, D]; needed unless the data set is the Shapes world")
+    p.add_argument("--captioner-workdir", help="also measure this captioner: captioning, round trip and edits "
+                   "through the generator (default: the one a quickstart workdir trained with --captioner)")
     p.add_argument("--steps", type=int, help="sampling steps (diffusion)")
     p.add_argument("--guidance", type=float, help="guidance scale (diffusion)")
     p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion)")
@@ -35,12 +37,16 @@ def run(args: argparse.Namespace) -> None:
                if getattr(args, k) is not None}
     results = evaluate_workdir(args.workdir, lm_workdir=args.lm_workdir, num=args.num, seed=args.seed,
                                out_dir=args.out, expand=False if args.no_expand else None, features=args.features,
-                               **options)
+                               captioner_workdir=args.captioner_workdir, **options)
     for name, scores in results.get("alignment", {}).items():
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in scores["per_kind"].items())
         print(f"alignment {name}: {scores['accuracy']:.3f} ({kinds})")
     if "alignment" not in results:
         print(f"alignment: {results['settings']['alignment']}")
+    if "captioner" in results:
+        c = results["captioner"]
+        edit = f"{c['edit']:.3f}" if "edit" in c else "skipped (expander not trained on edits)"
+        print(f"captioner: exact match {c['caption_exact']:.3f}, round trip {c['round_trip']:.3f}, edits {edit}")
     for name, value in results["frechet"].items():
         print(f"Fréchet distance, {name}: {value:.4g}")
     print(f"report: {os.path.join(args.out or os.path.join(args.workdir, 'eval'), 'report.md')}")

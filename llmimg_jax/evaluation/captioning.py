@@ -97,3 +97,18 @@ def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 
     result["examples"] = [{"prompt": p, "expanded": x, "target": describe(t)}
                           for p, x, t in list(zip(prompts, expanded, targets))[:10]]
     return result
+
+
+def captioner_scores(captioner, pipeline, data_config, num: int, seed: int = 0, *, edits: bool = True,
+                     **options: Any) -> dict:
+    """The captioner section of `llmimg eval`: captioning on `num` validation images, and with `pipeline` the
+    round trip and (when `edits`: its expander was trained on edits) the edit accuracy on the same images."""
+    caption = captioning_accuracy(captioner, data_config, num)
+    round_trip = round_trip_accuracy(captioner, pipeline, data_config, num, seed, **options)
+    out = {"num": num, "caption_exact": caption["exact"], "caption_valid": caption["valid"],
+           "per_attribute": caption["per_attribute"], "round_trip": round_trip["accuracy"],
+           "examples": caption["examples"][:10]}
+    if edits:
+        edit = edit_accuracy(captioner, pipeline, data_config, num, seed, **options)
+        out.update(edit=edit["accuracy"], edit_expansion_exact=edit["expansion_exact"])
+    return out

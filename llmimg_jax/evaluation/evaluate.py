@@ -6,7 +6,9 @@ distance between generated and real validation images on the Shapes probe's feat
 baseline at the same count (the distance is biased at small N); sample diversity; plots; `report.md` /
 `report.json`. On any other data set (alignment is Shapes-only): the Fréchet distance and feature diversity with
 a feature extractor the user names (`features`, see `features.py`), images drawn from the validation captions.
-With `features` on Shapes data, the user's Fréchet distance comes next to the probe's.
+With `features` on Shapes data, the user's Fréchet distance comes next to the probe's. With a captioner
+(`captioner_workdir`, or the one a quickstart workdir trained): its captioning accuracy, and the round trip and
+edit accuracy through this generator (`captioning.captioner_scores`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def _generator_config(workdir: str):
     return load_workdir_config(resolve_workdirs(workdir)[0])
 
 
+def _quickstart_captioner(workdir: str) -> str | None:
+    from llmimg_jax.quickstart import resolve_captioner
+
+    return resolve_captioner(workdir)
+
+
 def _real_examples(config, num: int, *, need_baseline: bool) -> tuple[np.ndarray, list[str]]:
     """The first 2 * num validation images (uint8) and captions: num to compare with, num for the real-vs-real
     baseline. Fewer than num is an error; fewer than 2 * num too when `need_baseline`, else the baseline is
@@ -75,9 +83,27 @@ def _frechet(features: Callable[[np.ndarray], np.ndarray], generated: dict[str, 
     return out
 
 
+def _captioner(captioner_workdir: str, pipe: TextToImagePipeline, num: int, seed: int, options: dict) -> dict:
+    """The report's captioner section; the edit accuracy needs an expander trained on edits, else it is skipped."""
+    from llmimg_jax.evaluation.captioning import captioner_scores
+    from llmimg_jax.text.captioner_task import load_captioner
+
+    captioner = load_captioner(captioner_workdir)
+    data_config = load_workdir_config(captioner_workdir).data  # its own image size; the generator may differ
+    edit_fraction = 0.0
+    if pipe.lm_workdir:
+        edit_fraction = float(load_workdir_config(pipe.lm_workdir).lm.get("edit_fraction", 0.0))
+    scores = captioner_scores(captioner, pipe, data_config, min(num, 500), seed, edits=edit_fraction > 0, **options)
+    if edit_fraction <= 0:
+        scores["edit_skipped"] = ("skipped: the prompt expander was not trained on edits; train one with "
+                                  "configs/shapes_lm.py:edits and pass --lm-workdir")
+        log.warning("skipped the edit accuracy: the prompt expander was not trained on edits (lm.edit_fraction=0)")
+    return {"workdir": captioner_workdir, **scores}
+
+
 def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 300, seed: int = 0,
                      out_dir: str | None = None, expand: bool | None = None, features: str | None = None,
-                     **options) -> dict:
+                     captioner_workdir: str | None = None, **options) -> dict:
     """Evaluates the generator of `workdir`; writes `out_dir` (default `workdir/eval`) and returns the results.
     `features`: `MODULE:FUNCTION` or `file.py:FUNCTION` (needed unless the data set is the Shapes world)."""
     start = time.time()
@@ -85,6 +111,12 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
         raise UserError(f"--num must be at least 2, got {num}")
     config = _generator_config(workdir)
     shapes = config.data.source == "shapes"
+    if captioner_workdir:
+        if not shapes:
+            raise UserError("the captioner is measured on the Shapes world only; drop --captioner-workdir")
+        if load_workdir_config(captioner_workdir).task != "captioner":  # fail before generating anything
+            raise UserError(f"--captioner-workdir '{captioner_workdir}' is not a captioner run; pass the workdir of "
+                            "`llmimg train --config configs/shapes_captioner.py`")
     if not shapes and not features:
         raise UserError(f"this generator was trained on data.source='{config.data.source}': alignment is measured "
                         "on the Shapes world only, and the Fréchet distance needs a feature extractor: pass "
@@ -137,6 +169,8 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
     shown = min(16, num)
     plots.append(save_grid(generated[best][:shown], conditions[best][:shown],
                            os.path.join(out_dir, "eval_samples.png")))
+    captioner_workdir = captioner_workdir or _quickstart_captioner(workdir)
+    captioner_scores = _captioner(captioner_workdir, pipe, num, seed, options) if captioner_workdir else None
     results = {
         "title": f"Evaluation of {os.path.basename(os.path.abspath(workdir))} ({pipe.generator.kind})",
         "settings": {"workdir": pipe.generator.workdir, "step": pipe.generator.step, "data": config.data.source,
@@ -147,6 +181,8 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
         "diversity": {best: sample_diversity},
         "plots": [os.path.relpath(p, out_dir) for p in plots],
     }
+    if captioner_scores:
+        results["captioner"] = captioner_scores
     if shapes:
         results["alignment"] = alignment
     else:

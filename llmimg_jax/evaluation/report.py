@@ -6,6 +6,7 @@
   alignment   {condition: score_images(...)}     e.g. {"without expansion": ..., "with expansion": ...}
   frechet     {name: float} or float             Fréchet distances in probe feature space
   diversity   {condition: {metric: float}}       `diversity.diversity` per condition
+  captioner   `captioning.captioner_scores(...)` plus {"workdir": str}
   plots       [png path]                          relative to out_dir (or absolute), shown as images
 Other keys go to report.json only.
 """
@@ -76,6 +77,18 @@ def _alignment_section(alignment: Mapping[str, Mapping]) -> list[str]:
     return lines
 
 
+def _captioner_section(scores: Mapping[str, Any]) -> list[str]:
+    lines = [f"## Captioner ({scores.get('workdir', '')}, {scores.get('num', 0)} validation images)", ""]
+    rows = [["captioning exact match", _pct(scores.get("caption_exact"))],
+            ["descriptions that parse", _pct(scores.get("caption_valid"))]]
+    rows += [[f"captioning: {attr}", _pct(value)] for attr, value in (scores.get("per_attribute") or {}).items()]
+    rows.append(["round trip (image -> description -> image satisfies the original scene)",
+                 _pct(scores.get("round_trip"))])
+    rows.append(["edits (image -> description + edit -> expander -> image satisfies the edited scene)",
+                 _pct(scores["edit"]) if "edit" in scores else scores.get("edit_skipped", "–")])
+    return lines + _table(["measure", "value"], rows)
+
+
 def write_report(results: Mapping[str, Any], out_dir: str) -> str:
     """Writes `out_dir/report.json` and `out_dir/report.md`; returns the markdown file's path."""
     os.makedirs(out_dir, exist_ok=True)
@@ -89,6 +102,8 @@ def write_report(results: Mapping[str, Any], out_dir: str) -> str:
         lines += _table(["setting", "value"], [[k, _fmt(v)] for k, v in plain["settings"].items()])
     if plain.get("alignment"):
         lines += _alignment_section(plain["alignment"])
+    if plain.get("captioner"):
+        lines += _captioner_section(plain["captioner"])
     frechet = plain.get("frechet")
     if frechet is not None:
         frechet = frechet if isinstance(frechet, Mapping) else {"probe features": frechet}

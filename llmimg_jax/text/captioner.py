@@ -1,5 +1,5 @@
-"""The image-conditioned language model (captioner): a small conv encoder maps an image to P prefix embeddings
-(ClipCap-style) that GPT-2 reads before its tokens (`GPT2(prefix_embeds=...)`).
+"""The image-conditioned language model (captioner): a small conv encoder maps an image to P prefix embeddings,
+one per image region, that GPT-2 reads before its tokens (`GPT2(prefix_embeds=...)`, ClipCap/LLaVA-style).
 
     prefix = ImageEncoder(image)                         [B, P, n_embd]
     logits = GPT2(<|endoftext|> description, prefix)     the causal LM loss covers the description
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llmimg_jax.errors import UserError
 from llmimg_jax.text.gpt2 import GPT2, Linear
 from llmimg_jax.text.sampling import generate
 
@@ -26,38 +27,55 @@ DESCRIBE_BATCH = 64  # images per describe call; the last chunk is padded so eve
 
 
 class ImageEncoder(nn.Module):
-    """Images [B, S, S, 3] in [-1, 1] -> prefix embeddings [B, num_prefix, n_embd].
+    """Images [B, S, S, 3] in [-1, 1] -> prefix embeddings [B, num_prefix, n_embd], one per image region.
 
-    Stride-2 3x3 convolutions (one per entry of `channels`), then an MLP over the flattened feature map: flattening
-    keeps where things are, which a Shapes description must name (the 3x3 grid)."""
+    3x3 convolutions (one per entry of `channels`, with its `strides`), the feature map average-pooled to g x g
+    (g² = num_prefix), then one prefix vector per location: a per-location MLP plus a learned position embedding,
+    like ViT/LLaVA patch tokens. (A ClipCap-style MLP over the whole flattened map, tried first, never learned
+    colour on Shapes: its prefix carried none, and colour accuracy stayed at chance.)"""
     n_embd: int
-    num_prefix: int = 4
-    channels: tuple[int, ...] = (32, 64, 64)
+    num_prefix: int = 16
+    channels: tuple[int, ...] = (32, 32, 64, 64)
+    strides: tuple[int, ...] = (1, 2, 2, 2)
     hidden: int = 512
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.astype(self.dtype)
-        for i, width in enumerate(self.channels):
-            x = nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype, param_dtype=jnp.float32,
+        for i, (width, stride) in enumerate(zip(self.channels, self.strides, strict=True)):
+            x = nn.Conv(width, (3, 3), strides=(stride, stride), padding="SAME", dtype=self.dtype,
+                        param_dtype=jnp.float32,
                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                                  (None, None, "conv_in", "conv_out")),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                         name=f"conv_{i}")(x)
             x = nn.gelu(x)
-        x = x.reshape(x.shape[0], -1)
-        x = Linear((self.hidden,), (None, "mlp"), std=1.0 / np.sqrt(x.shape[-1]), dtype=self.dtype, name="fc")(x)
-        x = nn.gelu(x)
+        side = int(round(np.sqrt(self.num_prefix)))
+        batch, height, width, channels = x.shape
+        if side * side != self.num_prefix or height % side or width % side:
+            raise UserError(f"the image encoder needs num_prefix = g² with g dividing its {height}x{width} feature "
+                            f"map; got num_prefix={self.num_prefix}, set captioner.num_prefix to one of "
+                            f"{[g * g for g in range(1, height + 1) if height % g == 0 and width % g == 0]}")
+        x = x.reshape(batch, side, height // side, side, width // side, channels).mean(axis=(2, 4))
+        x = x.reshape(batch, self.num_prefix, channels)
+        x = nn.gelu(Linear((self.hidden,), (None, "mlp"), std=1.0 / np.sqrt(channels), dtype=self.dtype,
+                           name="fc")(x))
         # Output scale like GPT-2's token embeddings (std 0.02), so the LM starts from inputs of a familiar size.
-        return Linear((self.num_prefix, self.n_embd), ("mlp", None, "embed"), std=0.02, dtype=self.dtype,
-                      name="proj")(x)
+        x = Linear((self.n_embd,), ("mlp", "embed"), std=0.02, dtype=self.dtype, name="proj")(x)
+        position = self.param("position", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                       (None, "embed")),
+                              (self.num_prefix, self.n_embd), jnp.float32)
+        return x + position.astype(x.dtype)
 
 
 def encoder_from_config(captioner_config, n_embd: int, dtype: str = "float32") -> ImageEncoder:
     c = captioner_config
+    if len(c.strides) != len(c.channels):
+        raise UserError(f"captioner.strides has {len(c.strides)} entries but captioner.channels has "
+                        f"{len(c.channels)}; give one stride per conv stage")
     return ImageEncoder(n_embd=n_embd, num_prefix=int(c.num_prefix), channels=tuple(int(w) for w in c.channels),
-                        hidden=int(c.hidden), dtype=jnp.dtype(dtype))
+                        strides=tuple(int(s) for s in c.strides), hidden=int(c.hidden), dtype=jnp.dtype(dtype))
 
 
 @dataclasses.dataclass

@@ -36,9 +36,10 @@ LM_FILE = "captioner_lm.json"
 
 def default_captioner_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
-        num_prefix=4,             # prefix embeddings per image
-        channels=(32, 64, 64),    # stride-2 conv stages of the image encoder
-        hidden=512,               # width of the encoder's MLP
+        num_prefix=16,            # prefix embeddings per image: a 4x4 grid of regions
+        channels=(32, 32, 64, 64),  # conv stages of the image encoder: output widths ...
+        strides=(1, 2, 2, 2),     # ... and strides (32x32 -> 4x4)
+        hidden=512,               # width of the encoder's per-region MLP
         freeze_lm=False,          # True: train the image encoder only
         hf_dir="",                # local Hugging Face GPT-2 directory to start the LM from
         eval_num=500,             # validation images scored by the evaluate hook

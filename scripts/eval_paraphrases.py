@@ -68,13 +68,13 @@ def greedy_expansions(expander: Expander, texts: Sequence[str], seed: int) -> li
 
 
 def image_score(pipe, items: Sequence[tuple[str, str, Instruction]], expansions: Sequence[str | None],
-                seed: int) -> dict:
+                seed: int, **options) -> dict:
     """Draws each expansion with `pipe` (a TextToImagePipeline) and checks the image against the constraint; an
     instruction without an expansion (too long to read) fails."""
     from llmimg_jax.data.shapes.reader import read_image
 
     drawable = [i for i, e in enumerate(expansions) if e is not None]
-    images = pipe.generate_arrays([expansions[i] for i in drawable], seed=seed) if drawable else []
+    images = pipe.generate_arrays([expansions[i] for i in drawable], seed=seed, **options) if drawable else []
     good = [False] * len(items)
     for i, image in zip(drawable, images):
         try:
@@ -88,7 +88,8 @@ def image_score(pipe, items: Sequence[tuple[str, str, Instruction]], expansions:
             "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()}}
 
 
-def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], seed: int, pipe=None) -> dict:
+def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], seed: int, pipe=None,
+          **options) -> dict:
     """items: (kind, text, constraint) -> per-kind and overall accuracy, valid rate and failures (and with `pipe`,
     the images' scores under "images")."""
     expansions = greedy_expansions(expander, [text for _, text, _ in items], seed)
@@ -104,11 +105,11 @@ def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], see
            "overall": float(np.mean([g for v in per_kind.values() for g in v])), "valid": float(np.mean(valid)),
            "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()}, "failures": failures}
     if pipe is not None:
-        out["images"] = image_score(pipe, items, expansions, seed)
+        out["images"] = image_score(pipe, items, expansions, seed, **options)
     return out
 
 
-def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None) -> dict:
+def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None, **options) -> dict:
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.training.checkpoint import latest_step
 
@@ -117,8 +118,8 @@ def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None) ->
     paraphrases = [(p.kind, p.text, p.instruction) for p in paraphrase_set(per_template, seed)]
     spec = [(kind, text, parse_instruction(text)) for kind, text in make_eval_set(num, seed)]
     return {"workdir": workdir, "encoder": config.lm.get("instruction_encoder", "gpt2"),
-            "step": latest_step(workdir), "paraphrase": score(expander, paraphrases, seed, pipe),
-            "spec": score(expander, spec, seed, pipe)}
+            "step": latest_step(workdir), "paraphrase": score(expander, paraphrases, seed, pipe, **options),
+            "spec": score(expander, spec, seed, pipe, **options)}
 
 
 def table(results: Sequence[dict], images: bool = False) -> str:
@@ -145,8 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--per-template", type=int, default=2, help="paraphrases per hand-written template")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generator-workdir", help="also draw every expansion with this generator and score the images")
+    p.add_argument("--steps", type=int, help="sampling steps (diffusion generator)")
+    p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion generator)")
     p.add_argument("--out", help="write the results, failures included, to this JSON file")
     args = p.parse_args(argv)
+    options = {k: getattr(args, k) for k in ("steps", "sampler") if getattr(args, k) is not None}
     try:
         pipe = None
         if args.generator_workdir:
@@ -154,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from llmimg_jax.safety import NO_BLOCKLIST
 
             pipe = TextToImagePipeline.from_workdir(args.generator_workdir, blocklist=NO_BLOCKLIST)
-        results = [evaluate(w, args.num, args.per_template, args.seed, pipe) for w in args.lm_workdir]
+        results = [evaluate(w, args.num, args.per_template, args.seed, pipe, **options) for w in args.lm_workdir]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

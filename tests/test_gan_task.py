@@ -170,62 +170,71 @@ def test_tiny_trains_through_the_cli_and_resumes_exactly(data_dir, tmp_path, mon
 @pytest.mark.slow
 def test_sharded_losses_equal_single_device(data_dir, tmp_path, monkeypatch):
     """Phase losses and gradients (step 1: no R1 in the tiny config; G's include the trainable LM) on mesh (2, 2, 2)
-    equal one device's; also the R1 term (step 0): input gradients through kernels sharded [fsdp, tensor] (see
-    training/sharding.py)."""
+    equal one device's, entry by entry against a float64 computation of the same step; also the R1 term (step 0):
+    input gradients through kernels sharded [fsdp, tensor] (see training/sharding.py)."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
     out = run_with_devices(f"import sys, json; sys.path.insert(0, {REPO!r})\n" + textwrap.dedent(f"""
-        import flax.linen as nn, jax, numpy as np, optax
+        import jax
+        jax.config.update("jax_enable_x64", True)  # for the float64 reference only; the others stay float32
+        import flax.linen as nn, jax.numpy as jnp, numpy as np, optax
         from llmimg_jax.config import load_config
         from llmimg_jax.training.mesh import make_mesh
         from llmimg_jax.training.state import init_state, state_spec
         from llmimg_jax.training.task import make_task
 
-        config = load_config({CONFIG + ":tiny"!r})
-        config.text.trainable = True
-        task = make_task(config, {str(tmp_path)!r})
-        results, reference = {{}}, {{}}
-        for name, sizes, devices in (("one", dict(data=1), jax.devices()[:1]),
-                                      ("eight", dict(data=2, fsdp=2, tensor=2), None)):
+        def as_f64(tree):
+            return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+        results, grads_of = {{}}, {{}}
+        for name, sizes, devices, dtype in (("one", dict(data=1), jax.devices()[:1], "float32"),
+                                             ("eight", dict(data=2, fsdp=2, tensor=2), None, "float32"),
+                                             ("f64", dict(data=1), jax.devices()[:1], "float64")):
+            config = load_config({CONFIG + ":tiny"!r})
+            config.text.trainable = True
+            config.train.compute_dtype = dtype
+            task = make_task(config, {str(tmp_path)!r})
             config.mesh.update(sizes)
             mesh = make_mesh(config.mesh, devices)
             spec = state_spec(task, config, mesh)
             state = init_state(task, config, spec)
             params, batch, key = state["params"], next(task.batches(0, mesh)), jax.random.key(3)
+            if dtype == "float64":
+                params, batch = as_f64(params), as_f64(batch)
             with jax.set_mesh(mesh), nn.logical_axis_rules(config.sharding_rules):
                 for phase in task.phases:
                     loss_of = lambda trained, phase=phase: phase.loss_fn({{**params, **trained}}, batch, key, 1)
                     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(
                         {{g: params[g] for g in phase.groups}})
                     results[f"{{name}}/{{phase.name}}"] = [float(loss), float(optax.tree.norm(grads))]
-                    grads = [np.asarray(g) for g in jax.tree.leaves(grads)]
-                    if name == "one":
-                        reference[phase.name] = grads
-                    else:  # largest difference of any gradient entry, and the largest gradient entry
-                        results[f"grad/{{phase.name}}"] = [
-                            max(float(np.abs(a - b).max()) for a, b in zip(grads, reference[phase.name])),
-                            max(float(np.abs(b).max()) for b in reference[phase.name])]
+                    grads_of[name, phase.name] = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
                     if "updates" in metrics:
                         u = metrics["updates"]["d_spectral"]
                         results[f"{{name}}/u"] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]).tolist()
-                d_phase = task.phases[0]
-                results[f"{{name}}/r1"] = float(jax.jit(d_phase.loss_fn)(params, batch, key, 0)[1]["r1"])
+                if dtype == "float32":
+                    d_phase = task.phases[0]
+                    results[f"{{name}}/r1"] = float(jax.jit(d_phase.loss_fn)(params, batch, key, 0)[1]["r1"])
             results[f"{{name}}/spec"] = str(params["d"]["block0"]["conv1"]["kernel"].sharding.spec)
+        for name in ("one", "eight"):  # largest difference of any gradient entry from float64, over the largest entry
+            for phase in ("d", "g"):
+                reference = grads_of["f64", phase]
+                largest = max(float(np.abs(b).max()) for b in reference)
+                diff = max(float(np.abs(a - b).max()) for a, b in zip(grads_of[name, phase], reference))
+                results[f"grad/{{name}}/{{phase}}"] = diff / largest
         print(json.dumps(results))
     """))
     assert "tensor" in out["eight/spec"] and "fsdp" in out["eight/spec"], out["eight/spec"]
     for phase in ("d", "g"):  # [loss, gradient norm]
         np.testing.assert_allclose(out[f"eight/{phase}"], out[f"one/{phase}"], rtol=2e-5, err_msg=phase)
+        np.testing.assert_allclose(out[f"eight/{phase}"], out[f"f64/{phase}"], rtol=2e-5, err_msg=phase)
     np.testing.assert_allclose(out["eight/u"], out["one/u"], atol=1e-5)
     assert out["one/r1"] > 0
     np.testing.assert_allclose(out["eight/r1"], out["one/r1"], rtol=1e-4)
-    diff, largest = out["grad/g"]  # G's and the LM's gradients, entry by entry
-    assert largest > 0 and diff <= 1e-5 * largest, (diff, largest)
-    diff, largest = out["grad/d"]
-    assert largest > 0 and diff <= 1e-3 * largest, (diff, largest)
-    if diff > 1e-5 * largest:
-        # D's first layers (block0/conv1, stem) differ by ~5e-5 of the largest entry on this mesh only; (4, 1, 2)
-        # mesh matches to 3e-6. Not yet explained (spectral norm's gathered kernels?); G's gradients are exact.
-        pytest.xfail(f"D gradients on mesh (2, 2, 2) differ by {diff:.3g} (largest entry {largest:.3g})")
+    # Entry by entry against float64: the sharded step is as exact as float32 allows. (One device's D gradients
+    # sit ~4e-5 of the largest entry away, the rounding of its single long batch-and-pixel sums; the sharded
+    # step's shorter partial sums land closer. So one device is not the reference at this tolerance.)
+    for phase in ("d", "g"):
+        assert out[f"grad/eight/{phase}"] <= 1e-5, (phase, out[f"grad/eight/{phase}"])
+        assert out[f"grad/one/{phase}"] <= 1e-4, (phase, out[f"grad/one/{phase}"])
 
 
 def test_generate_is_deterministic_and_truncation_zero_ignores_z(data_dir, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from llmimg_jax.errors import UserError
-from llmimg_jax.generator.diffusion.layers import GroupNorm
+from llmimg_jax.generator.layers import GroupNorm
 from llmimg_jax.generator.diffusion.unet import PRESETS, UNet, unet_config
 from llmimg_jax.training.sharding import gather_for_compute
 from tests.helpers import run_with_devices
@@ -159,7 +159,7 @@ def sharded_loss_result():
     return run_with_devices("""
         import json, jax, jax.numpy as jnp, numpy as np, flax.linen as nn
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from llmimg_jax.generator.diffusion.layers import dense
+        from llmimg_jax.generator.layers import dense
         from llmimg_jax.generator.diffusion.loss import diffusion_loss
         from llmimg_jax.generator.diffusion.schedules import make_schedule
         from llmimg_jax.generator.diffusion.unet import UNet, unet_config, unet_model_fn

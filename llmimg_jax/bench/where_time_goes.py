@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llmimg_jax.bench.rows import Row, alternate, torch_setup
-from llmimg_jax.generator.diffusion.layers import GroupNorm
+from llmimg_jax.generator.layers import GroupNorm
 
 GROUP = "where the time goes (fwd+bwd per op)"
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.presets import from_preset
-from llmimg_jax.generator.diffusion.layers import (AttentionBlock, Downsample, GroupNorm, ResBlock, Upsample, conv,
-                                                   dense)
+from llmimg_jax.generator.diffusion.layers import AttentionBlock, Downsample, ResBlock, Upsample
+from llmimg_jax.generator.layers import GroupNorm, conv, dense
 
 
 @dataclasses.dataclass(frozen=True)

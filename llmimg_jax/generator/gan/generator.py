@@ -25,9 +25,11 @@ import jax.numpy as jnp
 
 from llmimg_jax.errors import UserError
 from llmimg_jax.presets import from_preset
-from llmimg_jax.training.sharding import CONV_NAMES, constrain, conv_gathered, gather_for_compute
+from llmimg_jax.generator.layers import Attention, conv, group_norm, layer_norm
+from llmimg_jax.training.sharding import constrain
 
 Array = jax.Array
+GN_EPSILON = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,28 +89,6 @@ def _dense(features: int, names: tuple[str, str], dtype: Any, name: Optional[str
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
 
 
-def _conv(features: int, kernel_size: int, dtype: Any, name: Optional[str] = None) -> nn.Conv:
-    return nn.Conv(features, (kernel_size, kernel_size), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
-                   name=name, conv_general_dilated=conv_gathered,
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_NAMES),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(param_dtype=jnp.float32, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
-
-
-def group_norm(x: Array, groups: int, eps: float = 1e-5) -> Array:
-    """GroupNorm without affine parameters, computed in float32 over H, W and each group's channels."""
-    b, h, w, c = x.shape
-    xg = x.astype(jnp.float32).reshape(b, h, w, groups, c // groups)
-    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
-    var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
-    return ((xg - mean) * jax.lax.rsqrt(var + eps)).reshape(b, h, w, c)
-
-
 def _upsample2(x: Array) -> Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
@@ -124,8 +104,7 @@ class ModulatedGroupNorm(nn.Module):
         c = x.shape[-1]
         scale = _dense(c, ("time", "conv_out"), jnp.float32, "scale")(w)
         shift = _dense(c, ("time", "conv_out"), jnp.float32, "shift")(w)
-        y = group_norm(x, self.groups) * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
-        return y.astype(self.dtype)
+        return group_norm(x, self.groups, GN_EPSILON, 1.0 + scale, shift).astype(self.dtype)
 
 
 class GBlock(nn.Module):
@@ -141,11 +120,11 @@ class GBlock(nn.Module):
         h = nn.relu(ModulatedGroupNorm(self.groups, self.dtype, name="norm1")(x, w))
         if self.upsample:
             h, x = _upsample2(h), _upsample2(x)
-        h = _conv(self.features, 3, self.dtype, "conv1")(h)
+        h = conv(self.features, 3, "conv1", self.dtype)(h)
         h = nn.relu(ModulatedGroupNorm(self.groups, self.dtype, name="norm2")(h, w))
-        h = _conv(self.features, 3, self.dtype, "conv2")(h)
+        h = conv(self.features, 3, "conv2", self.dtype)(h)
         if x.shape[-1] != self.features:
-            x = _conv(self.features, 1, self.dtype, "skip")(x)
+            x = conv(self.features, 1, "skip", self.dtype)(x)
         return (h + x.astype(self.dtype)) * (1.0 / math.sqrt(2.0))
 
 
@@ -160,34 +139,9 @@ class CrossAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, tokens: Array, mask: Array) -> Array:
         b, hh, ww, c = x.shape
-        heads = (self.num_heads, self.head_dim)
-
-        def param(name: str, shape: tuple[int, ...], names: tuple[str, ...], init) -> Array:
-            value = self.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
-            return gather_for_compute(value, names).astype(self.dtype)
-
-        def kernel(name: str, shape: tuple[int, ...], names: tuple[str, ...], in_axis, out_axis) -> Array:
-            # Own params rather than nn.DenseGeneral, whose initialiser boxes a flattened kernel.
-            init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis)
-            return param(name, shape, names, init)
-
-        def proj(name: str, inputs: Array) -> Array:
-            w = kernel(f"{name}_kernel", (inputs.shape[-1],) + heads, ("embed", "heads", "kv"), 0, (1, 2))
-            bias = param(f"{name}_bias", heads, ("heads", "kv"), nn.initializers.zeros)
-            return jnp.einsum("bnc,chk->bnhk", inputs, w) + bias
-
-        q = proj("query", group_norm(x, self.groups).reshape(b, hh * ww, c).astype(self.dtype))
-        t = _layer_norm("token_norm")(tokens.astype(jnp.float32)).astype(self.dtype)
-        k, v = proj("key", t), proj("value", t)
-        logits = jnp.einsum("bnhk,bthk->bhnt", q, k).astype(jnp.float32) / math.sqrt(self.head_dim)
-        valid = mask.astype(bool)[:, None, None, :]
-        probs = jax.nn.softmax(jnp.where(valid, logits, -1e9), axis=-1)
-        # A text with no real token reads nothing (rather than a uniform mix of padding).
-        probs = probs * jnp.any(valid, axis=-1, keepdims=True)
-        out = jnp.einsum("bhnt,bthk->bnhk", probs.astype(self.dtype), v)
-        out_kernel = kernel("out_kernel", heads + (c,), ("heads", "kv", "embed"), (0, 1), 2)
-        out_bias = param("out_bias", (c,), ("embed",), nn.initializers.zeros)
-        out = jnp.einsum("bnhk,hkc->bnc", out, out_kernel) + out_bias
+        queries = group_norm(x, self.groups, GN_EPSILON).reshape(b, hh * ww, c)
+        t = layer_norm("token_norm", jnp.float32)(tokens.astype(jnp.float32))
+        out = Attention(self.num_heads, self.dtype, self.head_dim, name="attn")(queries, t, mask)
         return x + out.reshape(b, hh, ww, c).astype(x.dtype)
 
 
@@ -200,7 +154,7 @@ class MappingNetwork(nn.Module):
         cfg = self.config
         z = z.astype(jnp.float32)
         z = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
-        t = _layer_norm("text_norm")(pooled.astype(jnp.float32))
+        t = layer_norm("text_norm", jnp.float32)(pooled.astype(jnp.float32))
         t = _dense(cfg.style_dim, ("embed", "time"), self.dtype, "text_proj")(t)
         h = jnp.concatenate([z.astype(self.dtype), t], axis=-1)
         for i in range(cfg.mapping_depth):
@@ -227,7 +181,7 @@ class SynthesisNetwork(nn.Module):
                 h = CrossAttention(cfg.num_heads, cfg.head_dim, cfg.groups, self.dtype, name=f"attn{res}")(
                     h, tokens, mask)
         h = nn.relu(ModulatedGroupNorm(cfg.groups, self.dtype, name="out_norm")(h, w))
-        rgb = _conv(3, 3, self.dtype, "to_rgb")(h)
+        rgb = conv(3, 3, "to_rgb", self.dtype)(h)
         return jnp.tanh(rgb.astype(jnp.float32))
 
 

@@ -16,7 +16,7 @@ from llmimg_jax.errors import UserError
 from llmimg_jax.generator.text_side import BertTextSide
 from llmimg_jax.text import pretrained
 from llmimg_jax.text.bert import Bert, bert_config
-from llmimg_jax.text.bert_prefix import InstructionReader, PrefixAdapter, uses_bert
+from llmimg_jax.text.bert_prefix import InstructionReader, PrefixAdapter, insert_random_words, uses_bert
 from llmimg_jax.text.gpt2 import GPT2, gpt2_config, init_params
 from llmimg_jax.text.lm_task import next_token_loss
 from llmimg_jax.text.sampling import generate, generate_naive
@@ -110,6 +110,25 @@ def test_gradients_reach_adapter_and_gpt2_but_never_bert():
     np.testing.assert_allclose(loss(params, jnp.where(bert_mask > 0, bert_ids, 17)), loss(params), rtol=1e-6)
 
 
+def test_state_noise_and_word_insertion():
+    model = GPT2(gpt2_config("tiny", vocab_size=VOCAB, n_positions=32))
+    reader = _tiny_reader(model.config)
+    params = nn.unbox(reader.init(jax.random.key(0)))
+    ids = jnp.array([[2, 5, 7, 9, 3, 0, 0, 0]])
+    mask = (ids > 0).astype(jnp.int32)
+    clean, _ = reader.prefix(params, ids, mask)
+    np.testing.assert_array_equal(reader.prefix(params, ids, mask, rng=jax.random.key(1))[0], clean)  # no noise
+    noisy = [reader.prefix(params, ids, mask, rng=jax.random.key(k), state_noise=0.5)[0] for k in (1, 1, 2)]
+    np.testing.assert_array_equal(noisy[0], noisy[1])  # a function of the key
+    assert float(jnp.abs(noisy[0] - clean).max()) > 1e-3 and float(jnp.abs(noisy[0] - noisy[2]).max()) > 1e-3
+
+    text, words = "a red circle above a blue square", ["alpha", "beta", "gamma"]
+    for seed in range(20):
+        out = insert_random_words(text, words, np.random.default_rng(seed)).split()
+        extra = [w for w in out if w in words]
+        assert 1 <= len(extra) <= 3 and [w for w in out if w not in words] == text.split()
+
+
 def test_config_variant_and_bad_encoder():
     default, bert = load_config("configs/shapes_lm.py"), load_config("configs/shapes_lm.py:bert")
     assert not uses_bert(default) and uses_bert(bert)
@@ -136,7 +155,7 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
     workdir = str(tmp_path / "lm")
     config = os.path.join(REPO, "configs", "shapes_lm.py") + ":tiny"
     assert main(["train", "--config", config, "--workdir", workdir, "--config.lm.instruction_encoder=bert",
-                 "--config.train.steps=30"]) == 0
+                 "--config.train.steps=30", "--config.lm.state_noise=0.3", "--config.lm.word_insertion=0.5"]) == 0
     losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert losses[-1] < 0.8 * losses[0]
 

@@ -2,10 +2,14 @@
 states a small trained adapter maps to GPT-2 prefix embeddings (ClipCap-style, for text).
 
     states, mask = BERT([CLS] instruction [SEP])          frozen: gradients stop at its output
-    prefix       = Adapter(states, mask)                  LayerNorm, Linear 384 -> n_embd, lm.adapter_layers blocks
+    prefix       = Adapter(states + noise, mask)          LayerNorm, Linear 384 -> n_embd, lm.adapter_layers blocks
     logits       = GPT2(<|sep|> description <|endoftext|>, prefix_embeds=prefix, prefix_mask=mask)
 
-The decoder sees the instruction only through BERT: its own tokens of the instruction are never fed. BERT is the
+The decoder sees the instruction only through BERT: its own tokens of the instruction are never fed. Two generic
+regularisers help it read wordings the training templates never use (neither knows the test paraphrases):
+`lm.state_noise` adds Gaussian noise (that fraction of each state's RMS) to BERT's states in training, so nearby
+states (synonyms) map to nearby prefixes; `lm.word_insertion` inserts 1-3 random vocabulary words into that
+share of the training instructions (EDA's random insertion), so filler words are ignored. BERT is the
 generators' BERT text side (`text.encoder_path`, '' = the shipped MiniLM; rows of `text.max_length` tokens),
 recorded in WORKDIR/bert (tokenizer and text_model.json) so the workdir loads without the checkpoint package; its
 weights are a frozen parameter group saved with every checkpoint. Parameter groups: {"lm", "adapter", "bert"}.
@@ -63,6 +67,10 @@ class InstructionReader:
     def max_length(self) -> int:
         return self.side.max_length
 
+    def words(self) -> list[str]:
+        """Whole alphabetic words of BERT's vocabulary (for `insert_random_words`)."""
+        return sorted(w for w in self.side.tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3)
+
     def row(self, text: str) -> dict[str, np.ndarray]:
         """bert_ids and bert_mask [max_length] of one instruction, right-padded."""
         row = self.side.token_row(text)
@@ -80,9 +88,15 @@ class InstructionReader:
         return {"bert": self.side.init(k_bert), "adapter": self.adapter.init(k_adapter, states, mask)["params"]}
 
     def prefix(self, params: dict[str, Params], ids: jax.Array, mask: jax.Array, *, deterministic: bool = True,
-               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(prefix_embeds [B, T, n_embd], prefix_mask [B, T]); no gradient reaches params["bert"]."""
+               rng: jax.Array | None = None, state_noise: float = 0.0) -> tuple[jax.Array, jax.Array]:
+        """(prefix_embeds [B, T, n_embd], prefix_mask [B, T]); no gradient reaches params["bert"]. With
+        `state_noise` > 0 (training; needs `rng`), Gaussian noise of that fraction of each state's RMS is added."""
         states = self.side.condition(params["bert"], ids, mask)["context"]  # frozen side: stop_gradient inside
+        if state_noise > 0:
+            rng, noise_rng = jax.random.split(rng)
+            rms = jnp.sqrt(jnp.mean(jnp.square(states.astype(jnp.float32)), axis=-1, keepdims=True))
+            noise = jax.random.normal(noise_rng, states.shape, jnp.float32) * (state_noise * rms)
+            states = (states.astype(jnp.float32) + noise).astype(states.dtype)
         rngs = {"dropout": rng} if rng is not None else {}
         embeds = self.adapter.apply({"params": params["adapter"]}, states, mask, deterministic, rngs=rngs)
         return embeds, mask
@@ -96,6 +110,14 @@ class InstructionReader:
             return compiled(params, jnp.asarray(ids), jnp.asarray(mask))
 
         return read
+
+
+def insert_random_words(text: str, words: Sequence[str], rng: np.random.Generator) -> str:
+    """`text` with 1 to 3 words drawn from `words` inserted at random word boundaries."""
+    tokens = text.split()
+    for _ in range(int(rng.integers(1, 4))):
+        tokens.insert(int(rng.integers(len(tokens) + 1)), words[int(rng.integers(len(words)))])
+    return " ".join(tokens)
 
 
 def uses_bert(config: ml_collections.ConfigDict) -> bool:

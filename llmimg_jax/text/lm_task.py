@@ -24,7 +24,7 @@ import optax
 from llmimg_jax.data.pipeline import Pipeline
 from llmimg_jax.data.sources import make_source, validation_texts
 from llmimg_jax.data.tokenizer import ensure_tokenizer
-from llmimg_jax.text.bert_prefix import InstructionReader, build_reader, uses_bert
+from llmimg_jax.text.bert_prefix import InstructionReader, build_reader, insert_random_words, uses_bert
 from llmimg_jax.text.gpt2 import GPT2, gpt2_config
 from llmimg_jax.text.edit_format import edit_texts, edit_triple, with_edits
 from llmimg_jax.text.prompt_format import training_example
@@ -44,6 +44,8 @@ def default_lm_config() -> ml_collections.ConfigDict:
         edit_fraction=0.0,  # share of Shapes examples turned into edit triples (description; edit -> new description)
         instruction_encoder="gpt2",  # 'gpt2': GPT-2 reads the instruction's tokens | 'bert': a frozen BERT prefix
         adapter_layers=1,   # bert: transformer blocks in the adapter after LayerNorm + Linear (0: none)
+        state_noise=0.0,    # bert: training noise on BERT's states, as a fraction of their RMS (see bert_prefix.py)
+        word_insertion=0.0,  # bert: share of training instructions given 1-3 random extra words
         scan_layers=False,
         remat=False,
     ))
@@ -89,12 +91,18 @@ def lm_preprocess(tokenizer, max_length: int):
     return preprocess
 
 
-def bert_preprocess(tokenizer, reader: InstructionReader, max_length: int, edit_fraction: float = 0.0):
+def bert_preprocess(tokenizer, reader: InstructionReader, max_length: int, edit_fraction: float = 0.0,
+                    word_insertion: float = 0.0):
     """GPT-2's `<|sep|> target <|endoftext|>` row and the instruction's BERT row; an `edit_fraction` of the Shapes
-    examples become edit triples, drawn as `with_edits` draws them. A caption-only example reads an empty one."""
+    examples become edit triples, drawn as `with_edits` draws them. A caption-only example reads an empty one.
+    A `word_insertion` share of the instructions get random extra words (`insert_random_words`)."""
+    words = reader.words() if word_insertion > 0 else []
+
     def preprocess(example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
         pair = edit_triple(example, rng) if edit_fraction > 0 and rng.random() < edit_fraction else None
         prompt, target = pair or (_draw_instruction(example, rng), example["text"])
+        if prompt and pair is None and word_insertion > 0 and rng.random() < word_insertion:
+            prompt = insert_random_words(prompt, words, rng)
         return {**training_example(tokenizer, "", target, max_length), **reader.row(prompt or "")}
     return preprocess
 
@@ -118,7 +126,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     if reader is None:
         preprocess = with_edits(lm_preprocess(tokenizer, max_length), tokenizer, max_length, edit_fraction)
     else:
-        preprocess = bert_preprocess(tokenizer, reader, max_length, edit_fraction)
+        preprocess = bert_preprocess(tokenizer, reader, max_length, edit_fraction, float(config.lm.word_insertion))
     pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
                         preprocess=preprocess, shuffle=config.data.shuffle,
                         prefetch=config.data.prefetch)
@@ -138,7 +146,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         else:
             k_adapter, k_lm = jax.random.split(rng)
             prefix, prefix_mask = reader.prefix(params, batch["bert_ids"], batch["bert_mask"],
-                                                deterministic=deterministic, rng=k_adapter)
+                                                deterministic=deterministic, rng=k_adapter,
+                                                state_noise=float(config.lm.state_noise))
             logits = model.apply({"params": params["lm"]}, batch["ids"], batch["attention_mask"],
                                  deterministic=deterministic, rngs={"dropout": k_lm}, prefix_embeds=prefix,
                                  prefix_mask=prefix_mask)

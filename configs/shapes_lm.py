@@ -38,6 +38,9 @@ def get_config(arg=None):
         # (text.encoder_path, '' = the shipped MiniLM) token states through a small trained adapter.
         config.lm.instruction_encoder = "bert"
         config.text.max_length = 48  # BERT tokens per instruction (spec ones reach ~35, paraphrases ~50: "." cut)
+        # Regularisers for unseen wordings (bert_prefix.py). At 1500 steps, hand-written paraphrases expanded
+        # correctly: 47.3 % without, 50.9 % with noise 0.3, 57.3 % with noise 0.8 (spec templates 99.4/97.2/96.0 %).
+        config.lm.update(dict(state_noise=0.8, word_insertion=0.5))
     elif arg is not None:
         raise ValueError(f"unknown variant '{arg}'; use '', 'tiny', 'edits' or 'bert'")
     return config

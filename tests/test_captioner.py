@@ -213,7 +213,8 @@ def test_captioner_section_of_the_report(tmp_path, monkeypatch):
     from llmimg_jax.evaluation import captioning
     from llmimg_jax.evaluation.report import write_report
 
-    scenes = [SCENE, Scene(SCENE.objects[:1], "white")] * 2
+    same = Scene(tuple(ShapeObject("circle", "red", "large", 0, col) for col in range(3)), "black")  # no edit applies
+    scenes = [SCENE, Scene(SCENE.objects[:1], "white"), same, SCENE]
     images = np.zeros((4, 32, 32, 3), np.uint8)
     images[:, 0, 0, 0] = np.arange(4)  # the oracle reads the scene's index from the first pixel
     monkeypatch.setattr(captioning, "validation_examples", lambda data_config, num: (images[:num], scenes[:num]))
@@ -231,6 +232,7 @@ def test_captioner_section_of_the_report(tmp_path, monkeypatch):
 
     scores = captioning.captioner_scores(Captioner(), Pipeline(), None, 4)
     assert scores["caption_exact"] == scores["round_trip"] == scores["edit"] == 1.0
+    assert scores["edit_skipped_scenes"] == 1  # the three identical circles
     assert set(scores["per_attribute"]) == {"count", "background", "shape", "colour", "size", "cell"}
     no_edits = captioning.captioner_scores(Captioner(), Pipeline(), None, 4, edits=False)
     assert "edit" not in no_edits

@@ -6,11 +6,12 @@ captioning   the description parses (`grammar.parse_description`) and equals the
 round trip   image -> description -> redrawn image; the redrawn image must satisfy the original's full scene
              as an explicit instruction (the project's Shapes checker, `alignment.score_images`)
 edit         image -> description + a random valid edit -> prompt expander -> redrawn image; it must satisfy the
-             edited scene
+             edited scene (a scene no edit applies to, e.g. three identical objects, is skipped and counted)
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from llmimg_jax.data.shapes.spec import ShapesError
 from llmimg_jax.errors import UserError
 from llmimg_jax.evaluation.alignment import EVAL_SEED_OFFSET, score_images
 from llmimg_jax.text.edit_format import edit_prompt
+
+log = logging.getLogger(__name__)
 
 OBJECT_ATTRIBUTES = ("shape", "colour", "size", "cell")
 
@@ -87,13 +90,27 @@ def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 
     """image -> (description + random edit) -> prompt expander -> image, scored against the edited scene."""
     images, scenes = validation_examples(data_config, num)
     rng = np.random.default_rng(EVAL_SEED_OFFSET + seed)
-    edits, targets = zip(*(sample_edit(scene, rng) for scene in scenes))
-    descriptions = captioner.describe(images)
+    kept, edits, targets = [], [], []
+    for i, scene in enumerate(scenes):
+        try:
+            edit, target = sample_edit(scene, rng)
+        except ShapesError:  # e.g. three identical objects and no free slot: no edit can name one of them
+            continue
+        kept.append(i)
+        edits.append(edit)
+        targets.append(target)
+    if len(kept) < len(scenes):
+        log.warning("edit accuracy: skipped %d of %d validation scenes that no edit applies to",
+                    len(scenes) - len(kept), len(scenes))
+    if not kept:
+        raise UserError(f"no edit applies to any of the {len(scenes)} validation scenes; raise --num")
+    descriptions = captioner.describe(images[kept])
     prompts = [edit_prompt(d, e) for d, e in zip(descriptions, edits)]
     expanded = pipeline.expand(prompts, seed=seed)
     redrawn = pipeline.generate_arrays(expanded, seed=seed, **options)
     result = score_images(redrawn, [describe(t) for t in targets])
-    result["expansion_exact"] = score_descriptions(expanded, list(targets))["exact"]
+    result["expansion_exact"] = score_descriptions(expanded, targets)["exact"]
+    result["skipped"] = len(scenes) - len(kept)
     result["examples"] = [{"prompt": p, "expanded": x, "target": describe(t)}
                           for p, x, t in list(zip(prompts, expanded, targets))[:10]]
     return result
@@ -110,5 +127,6 @@ def captioner_scores(captioner, pipeline, data_config, num: int, seed: int = 0, 
            "examples": caption["examples"][:10]}
     if edits:
         edit = edit_accuracy(captioner, pipeline, data_config, num, seed, **options)
-        out.update(edit=edit["accuracy"], edit_expansion_exact=edit["expansion_exact"])
+        out.update(edit=edit["accuracy"], edit_expansion_exact=edit["expansion_exact"],
+                   edit_skipped_scenes=edit["skipped"])
     return out

@@ -67,28 +67,20 @@ def score_descriptions(descriptions: list[str], scenes: list[Scene]) -> dict:
             "per_attribute": {a: float(np.mean(v)) for a, v in hits.items()}, "correct": [bool(x) for x in exact]}
 
 
-def captioning_accuracy(captioner, data_config, num: int = 500) -> dict:
-    """Scores `captioner.describe` on the first `num` validation images (see the module docstring)."""
-    images, scenes = validation_examples(data_config, num)
-    descriptions = captioner.describe(images)
+def _scored_captions(scenes: list[Scene], descriptions: list[str]) -> dict:
     result = score_descriptions(descriptions, scenes)
     result["examples"] = [{"truth": describe(s), "description": d} for s, d in list(zip(scenes, descriptions))[:20]]
     return result
 
 
-def round_trip_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 0, **options: Any) -> dict:
-    """image -> description -> `pipeline` (a TextToImagePipeline) -> image, scored against the true scene."""
-    images, scenes = validation_examples(data_config, num)
-    descriptions = captioner.describe(images)
+def _round_trip(pipeline, scenes: list[Scene], descriptions: list[str], seed: int, options: dict) -> dict:
     redrawn = pipeline.generate_arrays(descriptions, seed=seed, **options)
     result = score_images(redrawn, [describe(s) for s in scenes])
     result["caption_exact"] = score_descriptions(descriptions, scenes)["exact"]
     return result
 
 
-def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 0, **options: Any) -> dict:
-    """image -> (description + random edit) -> prompt expander -> image, scored against the edited scene."""
-    images, scenes = validation_examples(data_config, num)
+def _edits(pipeline, scenes: list[Scene], descriptions: list[str], seed: int, options: dict) -> dict:
     rng = np.random.default_rng(EVAL_SEED_OFFSET + seed)
     kept, edits, targets = [], [], []
     for i, scene in enumerate(scenes):
@@ -104,8 +96,7 @@ def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 
                     len(scenes) - len(kept), len(scenes))
     if not kept:
         raise UserError(f"no edit applies to any of the {len(scenes)} validation scenes; raise --num")
-    descriptions = captioner.describe(images[kept])
-    prompts = [edit_prompt(d, e) for d, e in zip(descriptions, edits)]
+    prompts = [edit_prompt(descriptions[i], e) for i, e in zip(kept, edits)]
     expanded = pipeline.expand(prompts, seed=seed)
     redrawn = pipeline.generate_arrays(expanded, seed=seed, **options)
     result = score_images(redrawn, [describe(t) for t in targets])
@@ -116,17 +107,40 @@ def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 
     return result
 
 
+def _described(captioner, data_config, num: int) -> tuple[list[Scene], list[str]]:
+    """The first `num` validation scenes and the captioner's descriptions of their images."""
+    images, scenes = validation_examples(data_config, num)
+    return scenes, captioner.describe(images)
+
+
+def captioning_accuracy(captioner, data_config, num: int = 500) -> dict:
+    """Scores `captioner.describe` on the first `num` validation images (see the module docstring)."""
+    return _scored_captions(*_described(captioner, data_config, num))
+
+
+def round_trip_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 0, **options: Any) -> dict:
+    """image -> description -> `pipeline` (a TextToImagePipeline) -> image, scored against the true scene."""
+    return _round_trip(pipeline, *_described(captioner, data_config, num), seed, options)
+
+
+def edit_accuracy(captioner, pipeline, data_config, num: int = 200, seed: int = 0, **options: Any) -> dict:
+    """image -> (description + random edit) -> prompt expander -> image, scored against the edited scene."""
+    return _edits(pipeline, *_described(captioner, data_config, num), seed, options)
+
+
 def captioner_scores(captioner, pipeline, data_config, num: int, seed: int = 0, *, edits: bool = True,
                      **options: Any) -> dict:
     """The captioner section of `llmimg eval`: captioning on `num` validation images, and with `pipeline` the
-    round trip and (when `edits`: its expander was trained on edits) the edit accuracy on the same images."""
-    caption = captioning_accuracy(captioner, data_config, num)
-    round_trip = round_trip_accuracy(captioner, pipeline, data_config, num, seed, **options)
+    round trip and (when `edits`: its expander was trained on edits) the edit accuracy on the same images, all
+    from one description of each image."""
+    scenes, descriptions = _described(captioner, data_config, num)
+    caption = _scored_captions(scenes, descriptions)
+    round_trip = _round_trip(pipeline, scenes, descriptions, seed, options)
     out = {"num": num, "caption_exact": caption["exact"], "caption_valid": caption["valid"],
            "per_attribute": caption["per_attribute"], "round_trip": round_trip["accuracy"],
            "examples": caption["examples"][:10]}
     if edits:
-        edit = edit_accuracy(captioner, pipeline, data_config, num, seed, **options)
+        edit = _edits(pipeline, scenes, descriptions, seed, options)
         out.update(edit=edit["accuracy"], edit_expansion_exact=edit["expansion_exact"],
                    edit_skipped_scenes=edit["skipped"])
     return out

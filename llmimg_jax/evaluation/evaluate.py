@@ -83,12 +83,11 @@ def _frechet(features: Callable[[np.ndarray], np.ndarray], generated: dict[str, 
     return out
 
 
-def _captioner(captioner_workdir: str, pipe: TextToImagePipeline, num: int, seed: int, options: dict) -> dict:
+def _captioner(captioner, captioner_workdir: str, pipe: TextToImagePipeline, num: int, seed: int,
+               options: dict) -> dict:
     """The report's captioner section; the edit accuracy needs an expander trained on edits, else it is skipped."""
     from llmimg_jax.evaluation.captioning import captioner_scores
-    from llmimg_jax.text.captioner_task import load_captioner
 
-    captioner = load_captioner(captioner_workdir)
     data_config = load_workdir_config(captioner_workdir).data  # its own image size; the generator may differ
     edit_fraction = 0.0
     if pipe.lm_workdir:
@@ -111,12 +110,14 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
         raise UserError(f"--num must be at least 2, got {num}")
     config = _generator_config(workdir)
     shapes = config.data.source == "shapes"
+    captioner_workdir = captioner_workdir or _quickstart_captioner(workdir)
+    captioner = None
     if captioner_workdir:
         if not shapes:
             raise UserError("the captioner is measured on the Shapes world only; drop --captioner-workdir")
-        if load_workdir_config(captioner_workdir).task != "captioner":  # fail before generating anything
-            raise UserError(f"--captioner-workdir '{captioner_workdir}' is not a captioner run; pass the workdir of "
-                            "`llmimg train --config configs/shapes_captioner.py`")
+        from llmimg_jax.text.captioner_task import load_captioner
+
+        captioner = load_captioner(captioner_workdir)  # loaded (and checked) before anything is generated
     if not shapes and not features:
         raise UserError(f"this generator was trained on data.source='{config.data.source}': alignment is measured "
                         "on the Shapes world only, and the Fréchet distance needs a feature extractor: pass "
@@ -169,8 +170,7 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
     shown = min(16, num)
     plots.append(save_grid(generated[best][:shown], conditions[best][:shown],
                            os.path.join(out_dir, "eval_samples.png")))
-    captioner_workdir = captioner_workdir or _quickstart_captioner(workdir)
-    captioner_scores = _captioner(captioner_workdir, pipe, num, seed, options) if captioner_workdir else None
+    captioner_scores = _captioner(captioner, captioner_workdir, pipe, num, seed, options) if captioner else None
     results = {
         "title": f"Evaluation of {os.path.basename(os.path.abspath(workdir))} ({pipe.generator.kind})",
         "settings": {"workdir": pipe.generator.workdir, "step": pipe.generator.step, "data": config.data.source,

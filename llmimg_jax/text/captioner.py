@@ -21,6 +21,7 @@ import numpy as np
 from llmimg_jax.errors import UserError
 from llmimg_jax.text.gpt2 import GPT2, Linear
 from llmimg_jax.text.sampling import generate
+from llmimg_jax.training.sharding import CONV_NAMES, conv_gathered
 
 Params = Any
 DESCRIBE_BATCH = 64  # images per describe call; the last chunk is padded so every call reuses one compilation
@@ -45,9 +46,8 @@ class ImageEncoder(nn.Module):
         x = images.astype(self.dtype)
         for i, (width, stride) in enumerate(zip(self.channels, self.strides, strict=True)):
             x = nn.Conv(width, (3, 3), strides=(stride, stride), padding="SAME", dtype=self.dtype,
-                        param_dtype=jnp.float32,
-                        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                                 (None, None, "conv_in", "conv_out")),
+                        param_dtype=jnp.float32, conv_general_dilated=conv_gathered,
+                        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_NAMES),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                         name=f"conv_{i}")(x)
             x = nn.gelu(x)

@@ -137,8 +137,8 @@ def load_captioner(workdir: str, *, use_ema: bool = False) -> Captioner:
 
     config = load_workdir_config(workdir)
     if config.task != "captioner":
-        raise UserError(f"'{workdir}' holds a '{config.task}' run, not a captioner; pass the workdir of an "
-                        "`llmimg train --config configs/shapes_captioner.py` run")
+        raise UserError(f"'{workdir}' is not a captioner run (it holds a '{config.task}' run); pass the "
+                        "workdir of an `llmimg train --config configs/shapes_captioner.py` run")
     lm_path = os.path.join(workdir, LM_FILE)
     if not os.path.isfile(lm_path):
         raise UserError(f"'{workdir}' has no {LM_FILE}; its training never started, train it first")

@@ -26,7 +26,7 @@ def get_config(arg=None):
     if arg == "tiny":
         config.data.update(dict(shapes_num_train=256, shapes_num_validation=32, shapes_num_test=32))
         config.gan.discriminator.update(dict(channels=(16, 32, 32, 32)))
-        config.gan.update(dict(num_samples=4, r1_every=2))
+        config.gan.update(dict(num_samples=4, r1_every=2, word_region_weight=0.1))  # tests cover every loss term
         config.text.update(dict(max_length=40))
         config.train.update(dict(steps=10, batch_size=8, checkpoint_every=5, log_every=5, sample_every=10))
     elif arg == "quickstart":

@@ -179,7 +179,7 @@ def test_gan_fine_tunes_the_bert_encoder_from_the_pretrained_weights(tmp_path, m
     from llmimg_jax.cli.main import main
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.generator.gan.generate import build_generator
-    from llmimg_jax.generator.gan.task import build_discriminator, make_init
+    from llmimg_jax.generator.gan.task import build_discriminator, make_init, uses_word_region
     from llmimg_jax.generator.load import load_generator
     from llmimg_jax.generator.text_side import load_text_side
     from llmimg_jax.training.checkpoint import load_params
@@ -191,7 +191,8 @@ def test_gan_fine_tunes_the_bert_encoder_from_the_pretrained_weights(tmp_path, m
                  "--config.train.sample_every=0", "--config.train.checkpoint_every=1"]) == 0
     assert load_generator(workdir).generate(["a red circle"], seed=0).shape == (1, 32, 32, 3)
     config = load_workdir_config(workdir)
-    init = make_init(build_generator(config), build_discriminator(config), load_text_side(config, workdir), 32)
+    init = make_init(build_generator(config), build_discriminator(config), load_text_side(config, workdir), 32,
+                     uses_word_region(config.gan))
     restored = load_params(workdir, jax.eval_shape(init, jax.random.key(0)))
     assert "text" in restored["ema"]  # trained with G, so averaged with it
     # One Adam step of lr 2e-4 moved every tensor a little away from the pretrained weights it started from.

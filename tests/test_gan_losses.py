@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from llmimg_jax.errors import UserError
 from llmimg_jax.generator.gan import losses
 from llmimg_jax.generator.gan.augment import augment
 from llmimg_jax.generator.gan.discriminator import Discriminator, DOutput, discriminator_config
@@ -71,6 +72,58 @@ def test_contrastive_against_numpy():
     np.testing.assert_allclose(got, _np_info_nce(img, txt, 0.07), rtol=1e-5)
     aligned = losses.contrastive_loss(jnp.asarray(img, jnp.float32), jnp.asarray(img * 3.0, jnp.float32), 0.07)
     assert float(aligned) < float(got)  # matching pairs lower the loss
+
+
+def _np_word_region_scores(regions, words, mask, gamma1=4.0, gamma2=5.0):
+    """S[i, j] by loops in float64: each real word of caption j attends over image i's regions (AttnGAN / XMC-GAN)."""
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
+    scores = np.zeros((len(regions), len(words)))
+    for i, r in enumerate(unit(regions)):
+        for j, (w, m) in enumerate(zip(unit(words), mask)):
+            matches = []
+            for word in w[m]:
+                a = np.exp(gamma1 * r @ word)
+                context = unit((a / a.sum()) @ r)
+                matches.append(gamma2 * context @ word)
+            scores[i, j] = np.log(np.exp(matches).sum()) / gamma2
+    return scores
+
+
+def test_word_region_loss_against_numpy():
+    rng = np.random.default_rng(4)
+    b, r, t, e = 5, 9, 6, 8
+    regions, words = rng.normal(size=(b, r, e)), rng.normal(size=(b, t, e))
+    mask = np.ones((b, t), bool)
+    mask[0, 3:], mask[2, 1:] = False, False  # padded captions; caption 2 has a single word
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got = losses.word_region_scores(f32(regions), f32(words), jnp.asarray(mask))
+    want = _np_word_region_scores(regions, words, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    out = DOutput(*(f32(np.zeros(b)),) * 2, None, None, None, f32(regions), f32(words), jnp.asarray(mask))
+    lse = lambda a, axis: np.log(np.exp(a).sum(axis=axis))
+    logits = want / 0.1
+    want_loss = 0.5 * (np.mean(lse(logits, 1) - np.diag(logits)) + np.mean(lse(logits, 0) - np.diag(logits)))
+    np.testing.assert_allclose(losses.word_region_loss(out, 0.1), want_loss, rtol=1e-5)
+    # Padding words change nothing; a caption whose words each match one region of its own image scores highest.
+    np.testing.assert_allclose(losses.word_region_scores(f32(regions), f32(np.where(mask[..., None], words, 7.0)),
+                                                         jnp.asarray(mask)), got, rtol=1e-6)
+    shown = f32(np.stack([regions[i, rng.permutation(r)[:t]] for i in range(b)]))  # words = some of the regions
+    aligned = losses.word_region_scores(f32(regions), shown, jnp.ones((b, t), bool))
+    assert np.all(np.argmax(np.asarray(aligned), axis=0) == np.arange(b))
+
+
+def test_discriminator_word_region_embeddings():
+    d = Discriminator(discriminator_config("tiny"))
+    images, pooled = jnp.zeros((2, 32, 32, 3)), jnp.ones((2, 16))
+    tokens, mask = jnp.ones((2, 5, 16)), jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    variables = d.init(jax.random.key(0), images, pooled, tokens=tokens, token_mask=mask)
+    out = d.apply(variables, images, pooled, tokens=tokens, token_mask=mask)
+    assert out.region_embedding.shape == (2, 64, 64) and out.word_embedding.shape == (2, 5, 64)  # 8x8 regions
+    np.testing.assert_array_equal(out.word_mask, mask.astype(bool))
+    plain = d.apply(variables, images, pooled)
+    assert plain.region_embedding is None and float(jnp.abs(plain.logit - out.logit).max()) == 0.0
+    with pytest.raises(UserError, match="region_resolution=6"):
+        discriminator_config("tiny", region_resolution=6)
 
 
 def _tiny_d_numpy(x, w, v):

@@ -51,10 +51,10 @@ def _diffusion(config: ml_collections.ConfigDict, workdir: str, use_ema: bool) -
 
 def _gan(config: ml_collections.ConfigDict, workdir: str, use_ema: bool) -> LoadedGenerator:
     from llmimg_jax.generator.gan.generate import GANGenerator, build_generator
-    from llmimg_jax.generator.gan.task import build_discriminator, make_init
+    from llmimg_jax.generator.gan.task import build_discriminator, make_init, uses_word_region
 
     text, generator, size = load_text_side(config, workdir), build_generator(config), int(config.data.image_size)
-    init = make_init(generator, build_discriminator(config), text, size)
+    init = make_init(generator, build_discriminator(config), text, size, uses_word_region(config.gan))
     restored = load_params(workdir, jax.eval_shape(init, jax.random.key(0)))
     params = {**restored["params"], **(restored["ema"] if use_ema else {})}
     sampler = GANGenerator(generator, text, config.gan, size)

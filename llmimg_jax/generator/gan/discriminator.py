@@ -3,6 +3,10 @@
 logit(x, t) = w . phi(x) + b + <embed(t), phi(x)>, where phi(x) is the globally sum-pooled feature of a residual
 downsampling stack (S x S -> 4 x 4) and t the pooled text vector. The projection term is also returned on its own,
 and, for the optional image-text contrastive loss (XMC-GAN), projections of phi(x) and t into a shared space.
+Given the text's token states (`tokens`, `token_mask`), it also returns region and word embeddings for XMC-GAN's
+word-region contrastive loss: the feature map at `region_resolution` (8: a 3x3-grid layout is still resolved
+there) and each token, projected into the shared space — a check of *where* and *what*, which a pooled vector
+cannot make.
 Spectral normalisation (on by default) keeps its power-iteration vectors in the `spectral` collection: pass
 `update=True` with `mutable=["spectral"]` on training steps.
 """
@@ -28,7 +32,8 @@ Array = jax.Array
 class DiscriminatorConfig:
     image_size: int = 32
     channels: tuple[int, ...] = (64, 128, 256, 256)  # at resolutions S, S/2, ..., 4
-    embed_dim: int = 128                             # shared image-text space of the contrastive loss
+    embed_dim: int = 128                             # shared image-text space of the contrastive losses
+    region_resolution: int = 8                       # feature map whose positions are the word-region loss's regions
     spectral_norm: bool = True
     power_iterations: int = 1
 
@@ -41,6 +46,14 @@ class DiscriminatorConfig:
         if len(self.channels) != want:
             raise UserError(f"discriminator channels {self.channels} need {want} entries for image_size={s} "
                             f"(one per resolution {s}..4)")
+        if self.region_resolution not in self.resolutions:
+            raise UserError(f"discriminator region_resolution={self.region_resolution} is not among "
+                            f"{self.resolutions}; pick one of those")
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map side after the stem and after each block: S, S/2, ..., 4."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channels)))
 
 
 D_PRESETS = {
@@ -61,6 +74,9 @@ class DOutput(NamedTuple):
     image_embedding: Array           # [B, E] for the contrastive loss
     text_embedding: Array            # [B, E]
     mismatch_logit: Optional[Array]  # [B] logit of the same images with `mismatched_pooled`, if given
+    region_embedding: Optional[Array] = None  # [B, R, E] with `tokens`: one per position of the region map
+    word_embedding: Optional[Array] = None    # [B, T, E] with `tokens`
+    word_mask: Optional[Array] = None         # [B, T] True for real tokens
 
 
 def _vector_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
@@ -93,15 +109,18 @@ class Discriminator(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array, pooled: Array, mismatched_pooled: Optional[Array] = None,
-                 update: bool = False) -> DOutput:
-        """images [B, S, S, 3] in [-1, 1]; pooled (and mismatched_pooled) text vectors [B, D]."""
+                 update: bool = False, tokens: Optional[Array] = None, token_mask: Optional[Array] = None) -> DOutput:
+        """images [B, S, S, 3] in [-1, 1]; pooled (and mismatched_pooled) text vectors [B, D]; optionally the
+        text's token states [B, T, D] and their mask [B, T] for the word-region embeddings."""
         cfg = self.config
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(f"discriminator expects [B, {cfg.image_size}, {cfg.image_size}, 3], got {images.shape}")
         sn = dict(spectral_norm=cfg.spectral_norm, power_iterations=cfg.power_iterations)
         h = SNConv(cfg.channels[0], 3, dtype=self.dtype, name="stem", **sn)(images, update)
+        region_map = h
         for i, c in enumerate(cfg.channels[1:]):
             h = DBlock(c, sn, dtype=self.dtype, name=f"block{i}")(h, update)
+            region_map = h if h.shape[1] == cfg.region_resolution else region_map
         phi = jnp.sum(nn.leaky_relu(h, 0.2).astype(jnp.float32), axis=(1, 2))  # [B, C], 4x4 sum pool
 
         w = self.param("logit_kernel", nn.with_logical_partitioning(_vector_init, ("conv_out",)),
@@ -121,5 +140,13 @@ class Discriminator(nn.Module):
             mismatch = uncond + jnp.sum(embedded[phi.shape[0]:] * phi, axis=-1)
         image_emb = SNDense(cfg.embed_dim, ("conv_out", "mlp"), name="image_proj", **sn)(phi, update)
         text_emb = SNDense(cfg.embed_dim, ("embed", "mlp"), name="text_proj", **sn)(pooled, update)
+        regions = words = None
+        if tokens is not None:
+            b, hh, ww, c = region_map.shape
+            features = nn.leaky_relu(region_map, 0.2).reshape(b, hh * ww, c)
+            regions = SNDense(cfg.embed_dim, ("conv_out", "mlp"), name="region_proj", **sn)(features, update)
+            words = SNDense(cfg.embed_dim, ("embed", "mlp"), name="word_proj", **sn)(tokens, update)
+            regions, words = regions.astype(jnp.float32), words.astype(jnp.float32)
         return DOutput(uncond + projection, projection, image_emb.astype(jnp.float32),
-                       text_emb.astype(jnp.float32), mismatch)
+                       text_emb.astype(jnp.float32), mismatch, regions, words,
+                       None if token_mask is None else token_mask.astype(bool))

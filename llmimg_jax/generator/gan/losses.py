@@ -1,4 +1,5 @@
-"""GAN objectives: hinge loss, matching-aware term, image-text contrastive loss (InfoNCE), lazy R1.
+"""GAN objectives: hinge loss, matching-aware term, image-text and word-region contrastive losses (InfoNCE),
+lazy R1.
 
 The terms are pure functions of discriminator outputs; `discriminator_objective` / `generator_objective` combine
 them into a scalar plus metrics. A D step typically runs D once on concat([real, fake]) (both augmented with the
@@ -36,17 +37,47 @@ def mismatched_text(pooled: Array, shift: int = 1) -> Array:
     return jnp.roll(pooled, shift, axis=0)
 
 
-def contrastive_loss(image_emb: Array, text_emb: Array, temperature: float) -> Array:
-    """Symmetric InfoNCE over the batch on cosine similarities / temperature (pair i is the positive of row i)."""
-    img = image_emb.astype(jnp.float32)
-    txt = text_emb.astype(jnp.float32)
-    img = img * jax.lax.rsqrt(jnp.sum(img * img, axis=-1, keepdims=True) + 1e-12)
-    txt = txt * jax.lax.rsqrt(jnp.sum(txt * txt, axis=-1, keepdims=True) + 1e-12)
-    logits = img @ txt.T / temperature
+def _unit(x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+def info_nce(logits: Array) -> Array:
+    """Symmetric InfoNCE of a [B, B] image-by-text score matrix whose diagonal holds the matching pairs."""
     diag = jnp.diagonal(logits)
     i2t = jax.nn.logsumexp(logits, axis=1) - diag
     t2i = jax.nn.logsumexp(logits, axis=0) - diag
     return 0.5 * (jnp.mean(i2t) + jnp.mean(t2i))
+
+
+def contrastive_loss(image_emb: Array, text_emb: Array, temperature: float) -> Array:
+    """Symmetric InfoNCE over the batch on cosine similarities / temperature (pair i is the positive of row i)."""
+    return info_nce(_unit(image_emb) @ _unit(text_emb).T / temperature)
+
+
+# AttnGAN's DAMSM / XMC-GAN's word-region sharpness: word-to-region attention, and the soft maximum over words.
+WORD_ATTENTION_SHARPNESS = 4.0
+WORD_AGGREGATION_SHARPNESS = 5.0
+
+
+def word_region_scores(regions: Array, words: Array, word_mask: Array) -> Array:
+    """S[i, j]: how well image i's regions [B, R, E] show caption j's words [B, T, E] (real where word_mask).
+
+    Each word of caption j attends over image i's regions (cosine similarities, softmax); the word's match is the
+    cosine between it and what it attended to; S is the soft maximum (log-sum-exp, sharpness 5) of the matches
+    over the caption's real words. A caption is matched when every word finds its region."""
+    r, w = _unit(regions), _unit(words)
+    attention = jax.nn.softmax(WORD_ATTENTION_SHARPNESS * jnp.einsum("ire,jte->ijtr", r, w), axis=-1)
+    context = _unit(jnp.einsum("ijtr,ire->ijte", attention, r))
+    match = jnp.einsum("ijte,jte->ijt", context, w)
+    # Padding words count as a very poor match (finite: a caption always has a real token).
+    match = jnp.where(word_mask[None, :, :], WORD_AGGREGATION_SHARPNESS * match, -1e4)
+    return jax.nn.logsumexp(match, axis=-1) / WORD_AGGREGATION_SHARPNESS
+
+
+def word_region_loss(out: DOutput, temperature: float) -> Array:
+    """Symmetric InfoNCE of `word_region_scores` over the batch (XMC-GAN's word-region contrastive loss)."""
+    return info_nce(word_region_scores(out.region_embedding, out.word_embedding, out.word_mask) / temperature)
 
 
 def r1_penalty(logit_fn: Callable[[Array], Array], images: Array, gamma: float) -> Array:
@@ -63,8 +94,10 @@ def lazy_r1_penalty(logit_fn: Callable[[Array], Array], images: Array, gamma: fl
 
 
 def discriminator_objective(real: DOutput, fake: DOutput, *, mismatch_weight: float = 1.0,
-                            contrastive_weight: float = 0.0, temperature: float = 0.1) -> tuple[Array, dict]:
-    """Hinge (+ matching-aware if `real.mismatch_logit` is set) (+ contrastive on real pairs) -> (loss, metrics)."""
+                            contrastive_weight: float = 0.0, temperature: float = 0.1,
+                            word_region_weight: float = 0.0) -> tuple[Array, dict]:
+    """Hinge (+ matching-aware if `real.mismatch_logit` is set) (+ contrastive and word-region terms on real
+    pairs) -> (loss, metrics)."""
     hinge = d_hinge_loss(real.logit, fake.logit, real.mismatch_logit, mismatch_weight)
     loss, metrics = hinge, {"d_hinge": hinge, "d_real": jnp.mean(real.logit), "d_fake": jnp.mean(fake.logit)}
     if real.mismatch_logit is not None:
@@ -73,16 +106,25 @@ def discriminator_objective(real: DOutput, fake: DOutput, *, mismatch_weight: fl
         contrastive = contrastive_loss(real.image_embedding, real.text_embedding, temperature)
         loss = loss + contrastive_weight * contrastive
         metrics["d_contrastive"] = contrastive
+    if word_region_weight:
+        word_region = word_region_loss(real, temperature)
+        loss = loss + word_region_weight * word_region
+        metrics["d_word_region"] = word_region
     return loss, metrics
 
 
-def generator_objective(fake: DOutput, *, contrastive_weight: float = 0.0,
-                        temperature: float = 0.1) -> tuple[Array, dict]:
-    """Hinge (+ contrastive between D's embeddings of fake images and their texts) -> (loss, metrics)."""
+def generator_objective(fake: DOutput, *, contrastive_weight: float = 0.0, temperature: float = 0.1,
+                        word_region_weight: float = 0.0) -> tuple[Array, dict]:
+    """Hinge (+ contrastive and word-region terms between D's embeddings of fake images and their texts)
+    -> (loss, metrics)."""
     hinge = g_hinge_loss(fake.logit)
     loss, metrics = hinge, {"g_hinge": hinge}
     if contrastive_weight:
         contrastive = contrastive_loss(fake.image_embedding, fake.text_embedding, temperature)
         loss = loss + contrastive_weight * contrastive
         metrics["g_contrastive"] = contrastive
+    if word_region_weight:
+        word_region = word_region_loss(fake, temperature)
+        loss = loss + word_region_weight * word_region
+        metrics["g_word_region"] = word_region
     return loss, metrics

@@ -4,8 +4,8 @@ Groups: `g` (generator, with EMA), `d` (discriminator), `d_spectral` (D's spectr
 each step through the runtime's "updates" metric, so they are checkpointed and resume exactly) and `text` (the
 GPT-2 text encoder: frozen, or trained with G when `text.trainable=True`).
 
-One train step runs two phases: D (hinge + matching-aware term + optional contrastive loss + lazy R1), then G
-(hinge + optional contrastive) against the D just updated. Both see DiffAugment-ed images. D reads the text
+One train step runs two phases: D (hinge + matching-aware term + optional contrastive losses + lazy R1), then G
+(hinge + optional contrastive losses) against the D just updated. Both see DiffAugment-ed images. D reads the text
 through `stop_gradient`: the text encoder belongs to the generator's side, so the G loss cannot raise D's
 score by moving D's text input instead of improving the images.
 """
@@ -44,7 +44,8 @@ def default_gan_config() -> ml_collections.ConfigDict:
         r1_every=4,               # lazy R1: every N steps, scaled by N
         mismatch_weight=1.0,      # matching-aware term: real images with another example's caption are fake
         contrastive_weight=0.0,   # image-text InfoNCE in D and G (XMC-GAN); 0: off
-        temperature=0.1,
+        word_region_weight=0.0,   # word-region InfoNCE in D and G (XMC-GAN; D reads the token states); 0: off
+        temperature=0.1,          # of both contrastive losses
         augment=True,             # DiffAugment (caption-safe) on real and fake images
         d_lr=0.0,                 # discriminator learning rate; 0: train.lr
         b1=0.0,                   # Adam betas of both players (GANs train best with little momentum)
@@ -63,24 +64,32 @@ def build_discriminator(config: ml_collections.ConfigDict) -> Discriminator:
     return Discriminator(cfg, dtype=jnp.dtype(config.train.compute_dtype))
 
 
+def uses_word_region(gan: ml_collections.ConfigDict) -> bool:
+    """Whether D has the word-region projections (workdirs written before the option have none)."""
+    return float(gan.get("word_region_weight", 0.0)) > 0
+
+
 def _check(gan: ml_collections.ConfigDict) -> None:
     if int(gan.r1_every) < 1:
         raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 every N steps); set gan.r1_gamma=0 to turn R1 off")
-    if float(gan.r1_gamma) < 0 or float(gan.mismatch_weight) < 0 or float(gan.contrastive_weight) < 0:
-        raise UserError("gan.r1_gamma, gan.mismatch_weight and gan.contrastive_weight must be >= 0")
-    if float(gan.contrastive_weight) and float(gan.temperature) <= 0:
-        raise UserError(f"gan.temperature={gan.temperature} must be > 0 when gan.contrastive_weight is set")
+    weights = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight")
+    if any(float(gan[w]) < 0 for w in weights):
+        raise UserError(f"gan.{', gan.'.join(weights)} must be >= 0")
+    if (float(gan.contrastive_weight) or float(gan.word_region_weight)) and float(gan.temperature) <= 0:
+        raise UserError(f"gan.temperature={gan.temperature} must be > 0 when a contrastive weight is set")
 
 
-def make_init(generator: Generator, discriminator: Discriminator, text: TextSide, size: int):
-    """init(rng) -> {"g", "d", "text"[, "d_spectral"]}: the GAN's parameter groups (boxed, logically named)."""
+def make_init(generator: Generator, discriminator: Discriminator, text: TextSide, size: int, word_region: bool):
+    """init(rng) -> {"g", "d", "text"[, "d_spectral"]}: the GAN's parameter groups (boxed, logically named);
+    `word_region`: D also gets the word-region projections."""
     def init(rng):
         g_rng, d_rng, t_rng = jax.random.split(rng, 3)
         width, length = text.model.config.n_embd, text.max_length
         pooled, tokens = jnp.zeros((1, width)), jnp.zeros((1, length, width))
-        g_params = generator.init(g_rng, jnp.zeros((1, generator.config.z_dim)), pooled, tokens,
-                                  jnp.ones((1, length), bool))
-        d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, 3)), pooled, pooled)
+        mask = jnp.ones((1, length), bool)
+        g_params = generator.init(g_rng, jnp.zeros((1, generator.config.z_dim)), pooled, tokens, mask)
+        d_tokens = dict(tokens=tokens, token_mask=mask) if word_region else {}
+        d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, 3)), pooled, pooled, **d_tokens)
         groups = {"g": g_params["params"], "d": d_vars["params"], "text": text.init(t_rng)}
         if "spectral" in d_vars:
             groups["d_spectral"] = d_vars["spectral"]
@@ -99,9 +108,18 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
                         preprocess=image_and_tokens(text), shuffle=config.data.shuffle, prefetch=config.data.prefetch)
     r1_gamma, r1_every = float(gan.r1_gamma), int(gan.r1_every)
-    objective = dict(contrastive_weight=float(gan.contrastive_weight), temperature=float(gan.temperature))
+    word_region = uses_word_region(gan)
+    objective = dict(contrastive_weight=float(gan.contrastive_weight), temperature=float(gan.temperature),
+                     word_region_weight=float(gan.word_region_weight))
 
-    init = make_init(generator, discriminator, text, size)
+    init = make_init(generator, discriminator, text, size, word_region)
+
+    def d_tokens(cond, copies=1):
+        """D's token inputs for the word-region loss ({} when it is off); `copies` stacks them for D's joint pass."""
+        if not word_region:
+            return {}
+        tokens, mask = (jnp.concatenate([cond[k]] * copies) for k in ("context", "context_mask"))
+        return dict(tokens=jax.lax.stop_gradient(tokens), token_mask=mask)
 
     def d_vars(params):
         return {"params": params["d"], **({"spectral": params["d_spectral"]} if "d_spectral" in params else {})}
@@ -123,7 +141,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         images, texts = jnp.concatenate([real, maybe_augment(fake, aug_rng)]), jnp.concatenate([pooled, pooled])
         # One D pass over reals and fakes; rows [:b] of the rolled captions are the reals' mismatched captions.
         out, new = discriminator.apply(d_vars(params), images, texts, losses.mismatched_text(texts), update=True,
-                                       mutable=["spectral"])
+                                       mutable=["spectral"], **d_tokens(cond, 2))
         real_out, fake_out = (jax.tree.map(lambda a, s=s: a[s], out) for s in (slice(None, b), slice(b, None)))
         loss, metrics = losses.discriminator_objective(real_out, fake_out, mismatch_weight=float(gan.mismatch_weight),
                                                        **objective)
@@ -140,7 +158,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         z_rng, aug_rng = jax.random.split(rng)
         cond = text.condition(params["text"], batch["ids"], batch["attention_mask"])  # stop_gradient unless trainable
         fake = maybe_augment(fake_images(params, cond, z_rng), aug_rng)
-        out = discriminator.apply(d_vars(params), fake, jax.lax.stop_gradient(cond["pooled"]))
+        out = discriminator.apply(d_vars(params), fake, jax.lax.stop_gradient(cond["pooled"]), **d_tokens(cond))
         return losses.generator_objective(out, **objective)
 
     g_groups = ("g", "text") if text.trainable else ("g",)

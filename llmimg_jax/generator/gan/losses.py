@@ -93,24 +93,31 @@ def lazy_r1_penalty(logit_fn: Callable[[Array], Array], images: Array, gamma: fl
                         lambda x: jnp.zeros((), jnp.float32), images)
 
 
+def _add_embedding_terms(out: DOutput, loss: Array, metrics: dict, player: str, *, contrastive_weight: float,
+                         temperature: float, word_region_weight: float) -> tuple[Array, dict]:
+    """Adds the weighted image-text and word-region InfoNCE terms of `out` (weight 0: term skipped) to `loss`,
+    and records each under `{player}_contrastive` / `{player}_word_region`."""
+    terms = (("contrastive", contrastive_weight,
+              lambda: contrastive_loss(out.image_embedding, out.text_embedding, temperature)),
+             ("word_region", word_region_weight, lambda: word_region_loss(out, temperature)))
+    for name, weight, term in terms:
+        if weight:
+            value = term()
+            loss, metrics[f"{player}_{name}"] = loss + weight * value, value
+    return loss, metrics
+
+
 def discriminator_objective(real: DOutput, fake: DOutput, *, mismatch_weight: float = 1.0,
                             contrastive_weight: float = 0.0, temperature: float = 0.1,
                             word_region_weight: float = 0.0) -> tuple[Array, dict]:
     """Hinge (+ matching-aware if `real.mismatch_logit` is set) (+ contrastive and word-region terms on real
     pairs) -> (loss, metrics)."""
     hinge = d_hinge_loss(real.logit, fake.logit, real.mismatch_logit, mismatch_weight)
-    loss, metrics = hinge, {"d_hinge": hinge, "d_real": jnp.mean(real.logit), "d_fake": jnp.mean(fake.logit)}
+    metrics = {"d_hinge": hinge, "d_real": jnp.mean(real.logit), "d_fake": jnp.mean(fake.logit)}
     if real.mismatch_logit is not None:
         metrics["d_mismatch"] = jnp.mean(real.mismatch_logit)
-    if contrastive_weight:
-        contrastive = contrastive_loss(real.image_embedding, real.text_embedding, temperature)
-        loss = loss + contrastive_weight * contrastive
-        metrics["d_contrastive"] = contrastive
-    if word_region_weight:
-        word_region = word_region_loss(real, temperature)
-        loss = loss + word_region_weight * word_region
-        metrics["d_word_region"] = word_region
-    return loss, metrics
+    return _add_embedding_terms(real, hinge, metrics, "d", contrastive_weight=contrastive_weight,
+                                temperature=temperature, word_region_weight=word_region_weight)
 
 
 def generator_objective(fake: DOutput, *, contrastive_weight: float = 0.0, temperature: float = 0.1,
@@ -118,13 +125,5 @@ def generator_objective(fake: DOutput, *, contrastive_weight: float = 0.0, tempe
     """Hinge (+ contrastive and word-region terms between D's embeddings of fake images and their texts)
     -> (loss, metrics)."""
     hinge = g_hinge_loss(fake.logit)
-    loss, metrics = hinge, {"g_hinge": hinge}
-    if contrastive_weight:
-        contrastive = contrastive_loss(fake.image_embedding, fake.text_embedding, temperature)
-        loss = loss + contrastive_weight * contrastive
-        metrics["g_contrastive"] = contrastive
-    if word_region_weight:
-        word_region = word_region_loss(fake, temperature)
-        loss = loss + word_region_weight * word_region
-        metrics["g_word_region"] = word_region
-    return loss, metrics
+    return _add_embedding_terms(fake, hinge, {"g_hinge": hinge}, "g", contrastive_weight=contrastive_weight,
+                                temperature=temperature, word_region_weight=word_region_weight)

@@ -20,16 +20,17 @@ SCHED = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "square
 def _reference(sampler, schedule, prediction, **kw):
     common = dict(num_train_timesteps=1000, beta_schedule=SCHED[schedule], prediction_type=PRED[prediction])
     if sampler == "ddpm":
-        return diffusers.DDPMScheduler(variance_type="fixed_small", timestep_spacing="leading", **common, **kw)
+        return diffusers.DDPMScheduler(variance_type="fixed_small", **common, **kw)
     if sampler == "ddim":
-        return diffusers.DDIMScheduler(set_alpha_to_one=True, timestep_spacing="leading", **common, **kw)
+        return diffusers.DDIMScheduler(set_alpha_to_one=True, **common, **kw)
     return diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
                                                  solver_type="midpoint", lower_order_final=True, **common, **kw)
 
 
-def _run_both(sampler, schedule, prediction, steps, eta=0.0, offset=0, clip=False, threshold=None, scale=1.0):
+def _run_both(sampler, schedule, prediction, steps, eta=0.0, offset=0, clip=False, threshold=None, scale=1.0,
+              spacing="leading"):
     """Runs `steps` consecutive steps of ours and diffusers' on the same fixed model outputs and noises."""
-    kw = {}
+    kw = {} if sampler == "dpm++2m" else {"timestep_spacing": spacing}
     if sampler != "dpm++2m":
         kw["clip_sample"] = clip
         kw["steps_offset"] = offset
@@ -38,7 +39,7 @@ def _run_both(sampler, schedule, prediction, steps, eta=0.0, offset=0, clip=Fals
     ref = _reference(sampler, schedule, prediction, **kw)
     ref.set_timesteps(steps)
     sched = make_schedule(schedule, 1000)
-    plan = samplers.make_plan(sched, sampler, steps, eta=eta, steps_offset=offset)
+    plan = samplers.make_plan(sched, sampler, steps, eta=eta, steps_offset=offset, spacing=spacing)
     np.testing.assert_array_equal(plan.timesteps, ref.timesteps.numpy())
 
     rng = np.random.default_rng(0)
@@ -58,7 +59,7 @@ def _run_both(sampler, schedule, prediction, steps, eta=0.0, offset=0, clip=Fals
             finally:
                 diffusers.schedulers.scheduling_ddpm.randn_tensor = orig
         elif sampler == "ddim":
-            x_ref = ref.step(torch.from_numpy(out), t, x_ref, eta=eta,
+            x_ref = ref.step(torch.from_numpy(out), t, x_ref, eta=eta, use_clipped_model_output=True,
                              variance_noise=torch.from_numpy(noise) if eta > 0 else None).prev_sample
         else:
             x_ref = ref.step(torch.from_numpy(out), t, x_ref).prev_sample
@@ -79,6 +80,11 @@ def test_steps_match_diffusers(sampler, eta, steps, prediction):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m"])
 def test_steps_match_diffusers_cosine_x0_offset(sampler):
     _run_both(sampler, "cosine", "x0", 6, offset=0 if sampler == "dpm++2m" else 1, eta=0.3 * (sampler == "ddim"))
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.5)])
+def test_trailing_spacing_matches_diffusers(sampler, eta):
+    _run_both(sampler, "cosine", "v", 7, eta=eta, spacing="trailing")
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -133,6 +139,20 @@ def test_gaussian_data_moments(sampler, eta, prediction):
     assert errors[1] <= errors[0] + 0.02 and errors[2] <= errors[1] + 0.02, errors
     assert errors[2] < 0.08, errors
     assert errors[0] > errors[2], errors  # the check can tell discretisation error apart
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_a_clipped_overshoot_steps_towards_the_clipped_image(sampler, spacing):
+    """From x = 0, a model output of x0 = +3 (guidance overshoots so), clipped to +1, must move x towards +1 at
+    every step. DDIM with the model's own ε, not one re-derived from the clipped x0, moves it towards -1 at the
+    noisiest steps."""
+    plan = samplers.make_plan(make_schedule("cosine"), sampler, 50, spacing=spacing)
+    x = jnp.zeros((1, 4))
+    for i in range(len(plan.timesteps)):
+        x_prev, _ = samplers.denoise_step(plan.row(i), x, jnp.full_like(x, 3.0), jnp.zeros_like(x), jnp.zeros_like(x),
+                                          prediction="x0", clip_x0=True, thresholding=None)
+        assert float(x_prev.min()) > 0, (i, int(plan.timesteps[i]), float(x_prev.min()))
 
 
 # ---------------------------------------------------------------- guidance

@@ -46,6 +46,18 @@ def test_leading_timesteps_match_ddim_and_ddpm(steps, offset):
             np.testing.assert_array_equal(sampler_timesteps(sched, sampler, steps, offset), ref.timesteps.numpy())
 
 
+@pytest.mark.parametrize("steps", [1, 7, 30, 50, 999])
+def test_trailing_timesteps_match_ddim_and_ddpm_and_start_at_the_last_step(steps):
+    sched = make_schedule("linear", 1000)
+    for cls in (diffusers.DDIMScheduler, diffusers.DDPMScheduler):
+        ref = cls(num_train_timesteps=1000, timestep_spacing="trailing")
+        ref.set_timesteps(steps)
+        for sampler in ("ddim", "ddpm"):
+            got = sampler_timesteps(sched, sampler, steps, spacing="trailing")
+            np.testing.assert_array_equal(got, ref.timesteps.numpy())
+            assert got[0] == 999
+
+
 @pytest.mark.parametrize("steps", [1, 2, 7, 20, 25])
 def test_linspace_timesteps_match_dpm_solver(steps):
     sched = make_schedule("linear", 1000)
@@ -57,6 +69,8 @@ def test_linspace_timesteps_match_dpm_solver(steps):
 def test_bad_input_is_a_user_error():
     with pytest.raises(UserError, match="unknown noise schedule"):
         make_schedule("quadratic")
+    with pytest.raises(UserError, match="unknown timestep spacing 'middle'"):
+        sampler_timesteps(make_schedule("linear", 100), "ddim", 10, spacing="middle")
     with pytest.raises(UserError, match="steps=0"):
         sampler_timesteps(make_schedule("linear", 100), "ddim", 0)
     with pytest.raises(UserError, match="unknown sampler"):

@@ -51,7 +51,7 @@ def torch_sampler(cfg: UNetConfig, size: int, batch: int, steps: int) -> Callabl
             for t in scheduler.timesteps:
                 out = model(scheduler.scale_model_input(torch.cat([x, x]), t), t, encoder_hidden_states=both).sample
                 c, u = out.chunk(2)
-                x = scheduler.step(u + GUIDANCE * (c - u), t, x).prev_sample
+                x = scheduler.step(u + GUIDANCE * (c - u), t, x, use_clipped_model_output=True).prev_sample
         return x
 
     return run

@@ -67,5 +67,6 @@ class DiffusionGenerator:
                         schedule=self.schedule, sampler=sampler, steps=steps,
                         guidance=float(cfg.guidance if guidance is None else guidance),
                         eta=float(cfg.eta if eta is None else eta), prediction=cfg.prediction,
-                        thresholding=float(cfg.thresholding) or None)
+                        thresholding=float(cfg.thresholding) or None,
+                        spacing=str(cfg.get("timestep_spacing", "leading")))
         return to_uint8(images)

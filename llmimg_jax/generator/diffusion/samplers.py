@@ -7,11 +7,16 @@ Every sampler step has the same linear form, so one `lax.scan` runs them all:
 where (x0, ε) come from the model output and x0 may be clipped or thresholded. The coefficients are computed
 per step on the host in float64 (`make_plan`), from the float32 ᾱ of the schedule. Conventions follow diffusers:
 
-- timesteps: DDPM/DDIM "leading" spacing, t_i = (n-1-i)·(T//n) + steps_offset; DPM-Solver "linspace" spacing,
-  round(linspace(0, T-1, n+1))[::-1][:-1];
+- timesteps: DDPM/DDIM "leading" spacing, t_i = (n-1-i)·(T//n) + steps_offset (diffusers' default), or
+  "trailing", round(T - i·T/n) - 1, which starts at the last training step T-1 (Lin et al. 2024: a leading
+  run's first step, e.g. t = 980 of 1000 for 50 steps, reads pure noise as an image with a little signal left, so
+  the noise, not the text, picks what the text should: a Shapes background); DPM-Solver "linspace" spacing,
+  round(linspace(0, T-1, n+1))[::-1][:-1], which starts at T-1 too;
 - DDPM: the previous step is the next entry of the timestep list (ᾱ_prev = 1 after the last); no noise at t = 0;
-- DDIM: the previous step is t - T//n, ᾱ_prev = 1 when it is negative (set_alpha_to_one); ε is the model's own
-  (not re-derived from the clipped x0, i.e. use_clipped_model_output=False);
+- DDIM: the previous step is t - T//n, ᾱ_prev = 1 when it is negative (set_alpha_to_one); ε is re-derived from
+  the clipped (or thresholded) x0, diffusers' use_clipped_model_output=True. With the model's own ε instead, a
+  guided x0 clipped at the noisiest steps (say 3 -> 1) leaves ε pointing the other way, and the step moves
+  x away from the clipped x0: a Shapes model sampled that way drew black backgrounds for "white" (measured);
 - DPM-Solver++(2M): midpoint form, first order on the first step and on the last one (final sigma 0, so the last
   step returns x0, as diffusers' final_sigmas_type="zero" / lower_order_final).
 
@@ -36,6 +41,7 @@ from llmimg_jax.generator.diffusion.loss import ModelFn, check_prediction, null_
 from llmimg_jax.generator.diffusion.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+SPACINGS = ("leading", "trailing")  # of DDPM and DDIM; DPM-Solver++ always uses "linspace"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,24 +60,30 @@ class Plan:
         return {k: v[i] for k, v in dataclasses.asdict(self).items()}
 
 
-def sampler_timesteps(schedule: Schedule, sampler: str, steps: int, steps_offset: int = 0) -> np.ndarray:
-    """The model timesteps of a run, as diffusers' set_timesteps(steps) for that scheduler."""
+def sampler_timesteps(schedule: Schedule, sampler: str, steps: int, steps_offset: int = 0,
+                      spacing: str = "leading") -> np.ndarray:
+    """The model timesteps of a run, as diffusers' set_timesteps(steps) for that scheduler and `spacing`."""
     T = schedule.num_train_steps
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown timestep spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
     if not 1 <= steps <= T:
         raise UserError(f"steps={steps} must be between 1 and the schedule's {T} training steps")
     if sampler == "dpm++2m":
         return np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "trailing":
+        return (np.round(np.arange(T, 0, -T / steps)) - 1).astype(np.int64)
     ts = np.arange(steps)[::-1] * (T // steps) + steps_offset
     if ts[0] >= T:
         raise UserError(f"steps_offset={steps_offset} pushes timestep {ts[0]} past {T - 1}; lower it")
     return ts.astype(np.int64)
 
 
-def make_plan(schedule: Schedule, sampler: str, steps: int, eta: float = 0.0, steps_offset: int = 0) -> Plan:
+def make_plan(schedule: Schedule, sampler: str, steps: int, eta: float = 0.0, steps_offset: int = 0,
+              spacing: str = "leading") -> Plan:
     """Coefficients of every step of `sampler` with `steps` steps (float64 numpy)."""
-    ts = sampler_timesteps(schedule, sampler, steps, steps_offset)
+    ts = sampler_timesteps(schedule, sampler, steps, steps_offset, spacing)
     acp = schedule.alphas_cumprod.astype(np.float64)
     n, T = len(ts), schedule.num_train_steps
     a, s = np.sqrt(acp[ts]), np.sqrt(1.0 - acp[ts])
@@ -89,8 +101,9 @@ def make_plan(schedule: Schedule, sampler: str, steps: int, eta: float = 0.0, st
         acp_prev = np.where(prev >= 0, acp[np.maximum(prev, 0)], 1.0)
         var = (1.0 - acp_prev) / (1.0 - acp[ts]) * (1.0 - acp[ts] / acp_prev)
         D = eta * np.sqrt(var)
-        B = np.sqrt(acp_prev)
-        C = np.sqrt(np.maximum(1.0 - acp_prev - D ** 2, 0.0))
+        # x_prev = sqrt(ᾱ_prev)·x0 + c·ε with ε re-derived from the (clipped) x0, ε = (x - a·x0)/s, folded into A, B.
+        c = np.sqrt(np.maximum(1.0 - acp_prev - D ** 2, 0.0))
+        A, B = c / s, np.sqrt(acp_prev) - c * a / s
     else:
         # sigma = s/a per level, plus a final level sigma = 0 (clean image).
         sigma = np.append(s / a, 0.0)
@@ -188,7 +201,7 @@ def _batch_sharding(tree: Any, ndim: int) -> Optional[NamedSharding]:
 def sample(model_fn: ModelFn, params: Any, shape: tuple[int, ...], cond: dict, uncond: Optional[dict],
            rng: jax.Array, *, schedule: Schedule, sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
            eta: float = 0.0, prediction: str = "eps", thresholding: Optional[float] = None, clip_x0: bool = True,
-           steps_offset: int = 0) -> jax.Array:
+           steps_offset: int = 0, spacing: str = "leading") -> jax.Array:
     """Images [shape] in [-1, 1] from noise, in one jit-compiled scan over the steps.
 
     `cond` (context, context_mask, pooled) is batched like `shape[0]`; `uncond` defaults to `null_condition`;
@@ -200,7 +213,7 @@ def sample(model_fn: ModelFn, params: Any, shape: tuple[int, ...], cond: dict, u
         raise UserError(f"thresholding={thresholding} is a percentile in (0, 1]; e.g. 0.995, or None")
     if eta < 0:
         raise UserError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
-    plan = make_plan(schedule, sampler, steps, eta, steps_offset)
+    plan = make_plan(schedule, sampler, steps, eta, steps_offset, spacing)
     arrays = {k: jnp.asarray(v, jnp.int32 if k == "timesteps" else jnp.float32)
               for k, v in dataclasses.asdict(plan).items()}
     if guidance != 1.0 and uncond is None:

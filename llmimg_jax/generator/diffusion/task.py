@@ -30,6 +30,7 @@ def default_diffusion_config() -> ml_collections.ConfigDict:
         p_uncond=0.1,             # condition dropped in training, for classifier-free guidance
         sampler="ddim",           # 'ddpm' | 'ddim' | 'dpm++2m'
         sample_steps=50,
+        timestep_spacing="trailing",  # DDPM / DDIM: 'trailing' (starts at the last training step) | 'leading'
         guidance=3.0,
         eta=0.0,
         thresholding=0.0,         # dynamic-thresholding percentile (Imagen), e.g. 0.995; 0: off

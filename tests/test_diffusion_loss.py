@@ -12,11 +12,17 @@ from llmimg_jax.generator.diffusion.schedules import make_schedule
 SCHEDULE = make_schedule("linear", 1000)
 
 
+def _x0_weight(snr, prediction, gamma):
+    """min-SNR-γ on the x0-space loss: Hang et al.'s min(SNR, γ); for v, diffusers' min(SNR+1, γ), which stays
+    1 at SNR = 0 instead of vanishing."""
+    snr = np.asarray(snr, np.float64)
+    return np.minimum(snr + 1 if prediction == "v" else snr, gamma)
+
+
 def _ref_weight(snr, prediction, gamma):
     snr = np.asarray(snr, np.float64)
-    x0_weight = np.minimum(snr, gamma)  # Hang et al.: min(SNR, γ) on the x0-space loss
     # |ε̂-ε|² = SNR |x̂0-x0|², |v̂-v|² = (1+SNR) |x̂0-x0|²
-    return {"x0": x0_weight, "eps": x0_weight / snr, "v": x0_weight / (1 + snr)}[prediction]
+    return _x0_weight(snr, prediction, gamma) / {"x0": 1.0, "eps": snr, "v": 1 + snr}[prediction]
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
@@ -30,7 +36,8 @@ def test_min_snr_weights(prediction):
 
 
 def test_min_snr_equalises_parameterisations():
-    """With the weights, every parameterisation's loss equals min(SNR, γ)·|x̂0 - x0|² for the same x̂0."""
+    """With the weights, every parameterisation's loss equals its x0-space weight times |x̂0 - x0|² for the same x̂0
+    (min(SNR, γ); min(SNR+1, γ) for v)."""
     rng = np.random.default_rng(0)
     t = jnp.array([5, 300, 900])
     a, s = np.sqrt(SCHEDULE.alphas_cumprod[t]), np.sqrt(1 - SCHEDULE.alphas_cumprod[t])
@@ -39,8 +46,8 @@ def test_min_snr_equalises_parameterisations():
     x0_hat = x0 + 0.1 * rng.standard_normal((3, 8))
     eps_hat = (x_t - a[:, None] * x0_hat) / s[:, None]
     v_hat = a[:, None] * eps_hat - s[:, None] * x0_hat
-    want = np.minimum(SCHEDULE.snr[t].astype(np.float64), 5.0) * np.mean((x0_hat - x0) ** 2, 1)
     for pred, out in (("eps", eps_hat), ("v", v_hat), ("x0", x0_hat)):
+        want = _x0_weight(SCHEDULE.snr[t], pred, 5.0) * np.mean((x0_hat - x0) ** 2, 1)
         tgt = L.target(pred, jnp.asarray(x0), jnp.asarray(eps), jnp.asarray(a), jnp.asarray(s))
         per = np.mean((out - np.asarray(tgt, np.float64)) ** 2, 1)
         got = np.asarray(L.min_snr_weight(jnp.asarray(SCHEDULE.snr[t]), pred, 5.0)) * per

@@ -55,6 +55,18 @@ def test_tiny_diffusion_trains_and_generates(tmp_path, monkeypatch, capsys):
     assert "--lm-workdir" in capsys.readouterr().err
 
 
+def test_bad_sampler_settings_fail_before_training(tmp_path, monkeypatch, capsys):
+    """A sampler setting that would only be used at the first sample grid is checked when the run is built."""
+    monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
+    for override, message in (("--config.diffusion.sampler=euler", "unknown sampler 'euler'"),
+                              ("--config.diffusion.timestep_spacing=middle", "unknown timestep spacing 'middle'"),
+                              ("--config.diffusion.sample_steps=5000", "steps=5000 must be between 1")):
+        workdir = tmp_path / "run"
+        assert main(["train", "--config", TINY, "--workdir", str(workdir), override]) == 2
+        assert message in capsys.readouterr().err
+        assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
+
+
 @pytest.mark.slow
 def test_eval_writes_a_report(tmp_path, monkeypatch, capsys):
     """`llmimg eval` on a tiny diffusion run: alignment per kind, Fréchet distances with a real-vs-real baseline,

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from llmimg_jax.errors import UserError
-from llmimg_jax.generator.diffusion.samplers import SAMPLERS, sample
+from llmimg_jax.generator.diffusion.samplers import SAMPLERS, check_sampling, sample
 from llmimg_jax.generator.diffusion.schedules import Schedule, make_schedule
 from llmimg_jax.generator.diffusion.unet import UNet, unet_config, unet_model_fn
 from llmimg_jax.generator.text_side import TextSide
@@ -38,8 +38,13 @@ class DiffusionGenerator:
                  image_size: int):
         self.unet, self.text, self.schedule, self.cfg = unet, text, schedule, diffusion
         self.image_size = image_size
+        # Checkpoints written before the option existed sampled with 'leading'.
+        self.spacing = str(diffusion.get("timestep_spacing", "leading"))
         self.model_fn = unet_model_fn(unet)  # one object: the sampler's jit cache is keyed on it
         self._encode = jax.jit(text.condition)
+        # A bad sampler setting fails now, not at the first sample grid an hour into training.
+        check_sampling(schedule, diffusion.sampler, int(diffusion.sample_steps), float(diffusion.eta),
+                       diffusion.prediction, float(diffusion.thresholding) or None, spacing=self.spacing)
 
     def init_params(self, rng: jax.Array) -> dict:
         """Random {"unet", "text"} params (boxed with their logical axis names)."""
@@ -68,5 +73,5 @@ class DiffusionGenerator:
                         guidance=float(cfg.guidance if guidance is None else guidance),
                         eta=float(cfg.eta if eta is None else eta), prediction=cfg.prediction,
                         thresholding=float(cfg.thresholding) or None,
-                        spacing=str(cfg.get("timestep_spacing", "leading")))
+                        spacing=self.spacing)
         return to_uint8(images)

@@ -198,6 +198,17 @@ def _batch_sharding(tree: Any, ndim: int) -> Optional[NamedSharding]:
     return None
 
 
+def check_sampling(schedule: Schedule, sampler: str, steps: int, eta: float = 0.0, prediction: str = "eps",
+                   thresholding: Optional[float] = None, steps_offset: int = 0, spacing: str = "leading") -> Plan:
+    """The plan of a sampling run; a UserError naming the bad setting when one is."""
+    check_prediction(prediction)
+    if thresholding is not None and not 0.0 < thresholding <= 1.0:
+        raise UserError(f"thresholding={thresholding} is a percentile in (0, 1]; e.g. 0.995, or None")
+    if eta < 0:
+        raise UserError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
+    return make_plan(schedule, sampler, steps, eta, steps_offset, spacing)
+
+
 def sample(model_fn: ModelFn, params: Any, shape: tuple[int, ...], cond: dict, uncond: Optional[dict],
            rng: jax.Array, *, schedule: Schedule, sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
            eta: float = 0.0, prediction: str = "eps", thresholding: Optional[float] = None, clip_x0: bool = True,
@@ -208,12 +219,7 @@ def sample(model_fn: ModelFn, params: Any, shape: tuple[int, ...], cond: dict, u
     guidance 1.0 skips the unconditional half. `model_fn` is a jit static argument: reuse the same object.
     When the condition is batch-sharded on a mesh, the images are sharded the same way.
     """
-    check_prediction(prediction)
-    if thresholding is not None and not 0.0 < thresholding <= 1.0:
-        raise UserError(f"thresholding={thresholding} is a percentile in (0, 1]; e.g. 0.995, or None")
-    if eta < 0:
-        raise UserError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
-    plan = make_plan(schedule, sampler, steps, eta, steps_offset, spacing)
+    plan = check_sampling(schedule, sampler, steps, eta, prediction, thresholding, steps_offset, spacing)
     arrays = {k: jnp.asarray(v, jnp.int32 if k == "timesteps" else jnp.float32)
               for k, v in dataclasses.asdict(plan).items()}
     if guidance != 1.0 and uncond is None:

@@ -147,10 +147,19 @@ def test_sharded_loss_equals_unsharded(tmp_path):
     assert abs(result["sharded"] - result["single"]) < 1e-5
 
 
+def oracle_edits(prompts: list[str], obey: bool) -> list[str]:
+    """What a perfect edit expander writes for "description; edit" prompts (obey=False: the scene unedited)."""
+    out = []
+    for prompt in prompts:
+        description, edit = prompt.split(EDIT_SEPARATOR)
+        scene = parse_description(description)
+        out.append(describe(apply_edit(scene, edit) if obey else scene))
+    return out
+
+
 def test_round_trip_and_edit_accuracy_with_oracles(tmp_path, monkeypatch):
     """An oracle captioner (the true scene) and an oracle generator (the renderer) score 1.0; a generator that
     ignores the edit scores 0 on edits."""
-    from llmimg_jax.data.shapes.edits import apply_edit
     from llmimg_jax.data.shapes.render import render
     from llmimg_jax.evaluation import captioning
 
@@ -167,12 +176,7 @@ def test_round_trip_and_edit_accuracy_with_oracles(tmp_path, monkeypatch):
             self.obey = obey
 
         def expand(self, prompts, seed=0):
-            out = []
-            for p in prompts:
-                description, edit = p.split(EDIT_SEPARATOR)
-                scene = parse_description(description)
-                out.append(describe(apply_edit(scene, edit) if self.obey else scene))
-            return out
+            return oracle_edits(prompts, self.obey)
 
         def generate_arrays(self, texts, seed=0):
             rng = np.random.default_rng(seed)
@@ -182,6 +186,26 @@ def test_round_trip_and_edit_accuracy_with_oracles(tmp_path, monkeypatch):
     assert captioning.edit_accuracy(Captioner(), Pipeline(True), None, num=6)["accuracy"] == 1.0
     truth = iter([describe(s) for s in scenes])
     assert captioning.edit_accuracy(Captioner(), Pipeline(False), None, num=6)["accuracy"] == 0.0
+
+
+def test_edit_expansion_accuracy_with_oracle_expanders():
+    """An expander that applies the edit scores 1.0 on every form drawn; one that ignores it scores 0."""
+    from llmimg_jax.evaluation.expansion import edit_expansion_accuracy
+
+    scenes = [SCENE, Scene(SCENE.objects[:1], "white"), Scene(SCENE.objects[:2], "black")] * 4
+
+    class Expander:
+        def __init__(self, obey):
+            self.obey = obey
+
+        def expand_with_status(self, prompts, seed=0):
+            return oracle_edits(prompts, self.obey), [True] * len(prompts)
+
+    right = edit_expansion_accuracy(Expander(True), scenes, batch_size=5)
+    assert right["overall"] == 1.0 and right["num"] == 12 and right["skipped"] == 0 and not right["failures"]
+    assert len(right["per_form"]) >= 3 and set(right["per_form"].values()) == {1.0}
+    wrong = edit_expansion_accuracy(Expander(False), scenes, batch_size=5)
+    assert wrong["overall"] == 0.0 and wrong["valid"] == 1.0 and len(wrong["failures"]) == 12
 
 
 def test_image_encoder_gives_one_vector_per_region():

@@ -24,6 +24,17 @@ def test_shapes_check_validates_grammar_and_instruction():
     assert shapes_check("draw me something nice", GOOD)                # free text constrains nothing
 
 
+def test_shapes_check_wants_the_edited_scene_for_an_edit_prompt():
+    two = "a small red circle at the top left and a large blue square at the right, on a white background"
+    assert shapes_check(f"{two}; make the circle green",
+                        "a small green circle at the top left and a large blue square at the right, on a white background")
+    assert not shapes_check(f"{two}; make the circle green", two)       # the edit not applied
+    assert not shapes_check(f"{two}; make the circle green",             # applied to the wrong object
+                            "a small red circle at the top left and a large green square at the right, on a white "
+                            "background")
+    assert shapes_check(f"{two}; make the triangle green", two)         # no triangle: not an edit, free text
+
+
 def test_training_example_masks_only_the_target(tmp_path):
     tok = train_tokenizer([GOOD, "a red circle"] * 20, 300, str(tmp_path / "tok"))
     row = training_example(tok, "a red circle", GOOD, 40)
@@ -52,9 +63,17 @@ def test_tiny_lm_trains_and_expands(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
     workdir = str(tmp_path / "lm")
     config = os.path.join(REPO, "configs", "shapes_lm.py") + ":tiny"
-    assert main(["train", "--config", config, "--workdir", workdir, "--config.train.steps=30"]) == 0
+    assert main(["train", "--config", config, "--workdir", workdir, "--config.train.steps=30",
+                 "--config.lm.edit_fraction=0.3", "--config.lm.max_length=96", "--config.train.eval_every=30"]) == 0
     losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert losses[-1] < 0.8 * losses[0]
+    # Trained on edits too: the evaluation scores one edit of each validation scene as well.
+    scores = json.load(open(os.path.join(workdir, "eval", "expansion_000030.json")))
+    assert scores["num"] == 10 and 0 < scores["edits"]["num"] <= 10
+    assert set(scores["edits"]["per_form"]) <= {"colour", "size", "shape", "move", "remove", "add"}
+    capsys.readouterr()
+    assert main(["expand", "--workdir", workdir, "--eval", "4"]) == 0
+    assert "| edit | applied exactly |" in capsys.readouterr().out
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("two red circles in a row\na green triangle\n")
     out = tmp_path / "out.txt"

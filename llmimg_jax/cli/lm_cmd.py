@@ -17,7 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     expand.add_argument("--out", help="write one description per line to this file instead of printing")
     expand.add_argument("--seed", type=int, default=0)
     expand.add_argument("--eval", type=int, metavar="N",
-                        help="instead of expanding prompts, score N Shapes validation instructions (per kind)")
+                        help="instead of expanding prompts, score N Shapes validation instructions (per kind), and "
+                             "for an expander trained on edits one edit of each of N validation scenes")
     expand.set_defaults(run=run_expand)
 
     lm = commands.add_parser("lm", help="language-model utilities")
@@ -49,16 +50,29 @@ def run_import_hf(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    """Scores instructions; an expander trained on edits (`lm.edit_fraction` > 0) is also scored on one edit of
+    each of the first N validation scenes."""
     import json
 
-    from llmimg_jax.evaluation.expansion import expansion_accuracy
+    from llmimg_jax.config import load_workdir_config
+    from llmimg_jax.evaluation.captioning import validation_examples
+    from llmimg_jax.evaluation.expansion import edit_expansion_accuracy, expansion_accuracy
     from llmimg_jax.text.expander import load_expander
 
-    result = expansion_accuracy(load_expander(args.workdir, validate=True), args.eval, seed=args.seed)
+    expander = load_expander(args.workdir, validate=True)
+    result = expansion_accuracy(expander, args.eval, seed=args.seed)
     print("| kind | valid and satisfied |\n| --- | --- |")
     for kind, value in result["per_kind"].items():
         print(f"| {kind} | {value:.3f} |")
     print(f"| **overall** ({result['num']}) | **{result['overall']:.3f}** |\nvalid descriptions: {result['valid']:.3f}")
+    config = load_workdir_config(args.workdir)
+    if float(config.lm.get("edit_fraction", 0.0)) > 0:
+        edits = edit_expansion_accuracy(expander, validation_examples(config.data, args.eval)[1], seed=args.seed)
+        print("\n| edit | applied exactly |\n| --- | --- |")
+        for form, value in edits["per_form"].items():
+            print(f"| {form} | {value:.3f} |")
+        print(f"| **overall** ({edits['num']}) | **{edits['overall']:.3f}** |")
+        result["edits"] = edits
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

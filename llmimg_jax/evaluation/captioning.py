@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from llmimg_jax.data.shapes.edits import sample_edit
+from llmimg_jax.data.shapes.edits import sample_edits
 from llmimg_jax.data.shapes.grammar import describe, parse_description
 from llmimg_jax.data.shapes.scene import Scene
 from llmimg_jax.data.shapes.spec import ShapesError
@@ -81,30 +81,29 @@ def _round_trip(pipeline, scenes: list[Scene], descriptions: list[str], seed: in
 
 
 def _edits(pipeline, scenes: list[Scene], descriptions: list[str], seed: int, options: dict) -> dict:
-    rng = np.random.default_rng(EVAL_SEED_OFFSET + seed)
-    kept, edits, targets = [], [], []
-    for i, scene in enumerate(scenes):
-        try:
-            edit, target = sample_edit(scene, rng)
-        except ShapesError:  # e.g. three identical objects and no free slot: no edit can name one of them
-            continue
-        kept.append(i)
-        edits.append(edit)
-        targets.append(target)
-    if len(kept) < len(scenes):
-        log.warning("edit accuracy: skipped %d of %d validation scenes that no edit applies to",
-                    len(scenes) - len(kept), len(scenes))
-    if not kept:
-        raise UserError(f"no edit applies to any of the {len(scenes)} validation scenes; raise --num")
-    prompts = [edit_prompt(descriptions[i], e) for i, e in zip(kept, edits)]
+    drawn = validation_edits(scenes, seed)
+    prompts = [edit_prompt(descriptions[i], edit) for i, edit, _ in drawn]
+    targets = [target for _, _, target in drawn]
     expanded = pipeline.expand(prompts, seed=seed)
     redrawn = pipeline.generate_arrays(expanded, seed=seed, **options)
     result = score_images(redrawn, [describe(t) for t in targets])
     result["expansion_exact"] = score_descriptions(expanded, targets)["exact"]
-    result["skipped"] = len(scenes) - len(kept)
+    result["skipped"] = len(scenes) - len(drawn)
     result["examples"] = [{"prompt": p, "expanded": x, "target": describe(t)}
                           for p, x, t in list(zip(prompts, expanded, targets))[:10]]
     return result
+
+
+def validation_edits(scenes: list[Scene], seed: int = 0) -> list[tuple[int, str, Scene]]:
+    """(scene index, edit, edited scene) of one random valid edit per scene, the same for a given seed; scenes no
+    edit applies to are skipped with a warning."""
+    drawn = sample_edits(scenes, np.random.default_rng(EVAL_SEED_OFFSET + seed))
+    if len(drawn) < len(scenes):
+        log.warning("edit accuracy: skipped %d of %d validation scenes that no edit applies to",
+                    len(scenes) - len(drawn), len(scenes))
+    if not drawn:
+        raise UserError(f"no edit applies to any of the {len(scenes)} validation scenes; raise --num")
+    return drawn
 
 
 def _described(captioner, data_config, num: int) -> tuple[list[Scene], list[str]]:

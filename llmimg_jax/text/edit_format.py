@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from llmimg_jax.data.shapes.edits import sample_edit
-from llmimg_jax.data.shapes.grammar import describe
+from llmimg_jax.data.shapes.edits import apply_edit, sample_edit
+from llmimg_jax.data.shapes.grammar import describe, parse_description
 from llmimg_jax.data.shapes.scene import Scene
 from llmimg_jax.data.shapes.spec import ShapesError
 from llmimg_jax.text.prompt_format import training_example
@@ -28,6 +28,17 @@ Preprocess = Callable[[dict, np.random.Generator], dict[str, np.ndarray]]
 def edit_prompt(description: str, edit: str) -> str:
     """The expander's input for an edit of the scene `description` names."""
     return f"{description.strip()}{EDIT_SEPARATOR}{edit.strip()}"
+
+
+def edited_scene(prompt: str) -> Scene | None:
+    """The scene an edit prompt ("<description>; <edit>") asks for; None when `prompt` is not a valid one."""
+    description, separator, edit = prompt.rpartition(EDIT_SEPARATOR)
+    if not separator:
+        return None
+    try:
+        return apply_edit(parse_description(description), edit)
+    except ShapesError:
+        return None
 
 
 def _scene(example: dict) -> Scene | None:

@@ -21,6 +21,7 @@ from llmimg_jax.data.shapes.constraints import parse_instruction, satisfies
 from llmimg_jax.data.shapes.grammar import parse_description
 from llmimg_jax.data.shapes.spec import ShapesError
 from llmimg_jax.errors import UserError
+from llmimg_jax.text.edit_format import edited_scene
 from llmimg_jax.text.gpt2 import GPT2
 from llmimg_jax.text.prompt_format import prompt_ids
 from llmimg_jax.text.sampling import generate
@@ -41,11 +42,15 @@ def is_description(text: str) -> bool:
 def shapes_check(instruction: str, description: str) -> bool:
     """True when `description` is a valid Shapes description that satisfies `instruction`.
 
-    An instruction outside the Shapes grammar (free text) constrains nothing: a valid description passes."""
+    An edit prompt ("<description>; <edit>", edit_format.py) is satisfied only by the edited scene itself. An
+    instruction outside the Shapes grammar (free text) constrains nothing: a valid description passes."""
     try:
         scene = parse_description(description)
     except ShapesError:
         return False
+    edited = edited_scene(instruction)
+    if edited is not None:
+        return scene == edited
     try:
         constraint = parse_instruction(instruction)
     except ShapesError:

@@ -155,18 +155,25 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         return loss, {"target_tokens": count}
 
     def evaluate(state, step: int) -> None:
-        from llmimg_jax.evaluation.expansion import expansion_accuracy
+        from llmimg_jax.evaluation.captioning import validation_examples
+        from llmimg_jax.evaluation.expansion import edit_expansion_accuracy, expansion_accuracy
         from llmimg_jax.text.expander import make_expander
 
         if config.data.source != "shapes" or jax.process_index() != 0:
             return
         expander = make_expander(model, state["params"], tokenizer, config.expand, reader, validate=True)
         result = expansion_accuracy(expander, int(config.expand.eval_num), seed=config.seed)
+        line = (f"step {step}: expansion accuracy {result['overall']:.3f} (valid {result['valid']:.3f}) on "
+                f"{result['num']} validation instructions")
+        if edit_fraction > 0:
+            num = min(int(config.expand.eval_num), len(make_source(config.data, config.data.eval_split)))
+            scenes = validation_examples(config.data, num)[1]
+            result["edits"] = edit_expansion_accuracy(expander, scenes, seed=config.seed)
+            line += f"; edits applied exactly {result['edits']['overall']:.3f} of {result['edits']['num']}"
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", f"expansion_{step:06d}.json"), "w") as f:
             json.dump(result, f, indent=2)
-        print(f"step {step}: expansion accuracy {result['overall']:.3f} "
-              f"(valid {result['valid']:.3f}) on {result['num']} validation instructions", flush=True)
+        print(line, flush=True)
 
     def sample(state, step: int) -> None:
         from llmimg_jax.text.expander import make_expander

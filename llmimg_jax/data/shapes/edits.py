@@ -126,3 +126,15 @@ def sample_edit(scene: Scene, rng: np.random.Generator) -> tuple[str, Scene]:
         raise ShapesError("no edit applies to this scene (no object can be named uniquely)")
     text = pick(rng, candidates[pick(rng, forms)])
     return text, apply_edit(scene, text)
+
+
+def sample_edits(scenes: list[Scene], rng: np.random.Generator) -> list[tuple[int, str, Scene]]:
+    """(index, edit, edited scene) for each of `scenes` some edit applies to, drawn as `sample_edit` draws them."""
+    drawn = []
+    for i, scene in enumerate(scenes):
+        try:
+            edit, edited = sample_edit(scene, rng)
+        except ShapesError:  # e.g. three identical objects and no free cell: no edit can name one of them
+            continue
+        drawn.append((i, edit, edited))
+    return drawn

@@ -51,6 +51,9 @@ def test_tiny_diffusion_trains_and_generates(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(single), "--sampler", "euler"]) == 2
     assert "unknown sampler 'euler'" in capsys.readouterr().err
+    for steps in ("0", "-3"):  # not read as "the default"
+        assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(single), "--steps", steps]) == 2
+        assert f"steps={steps} must be between 1" in capsys.readouterr().err
     assert main(["generate", "--workdir", workdir, "a red circle", "--out", str(single), "--expand"]) == 2
     assert "--lm-workdir" in capsys.readouterr().err
 

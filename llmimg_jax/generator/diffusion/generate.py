@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llmimg_jax.errors import UserError
-from llmimg_jax.generator.diffusion.samplers import SAMPLERS, check_sampling, sample
+from llmimg_jax.generator.diffusion.samplers import check_sampling, sample
 from llmimg_jax.generator.diffusion.schedules import Schedule, make_schedule
 from llmimg_jax.generator.diffusion.unet import UNet, unet_config, unet_model_fn
 from llmimg_jax.generator.text_side import TextSide
@@ -60,18 +59,16 @@ class DiffusionGenerator:
         """uint8 images [len(prompts), S, S, 3]; deterministic for a seed."""
         cfg = self.cfg
         sampler = sampler or cfg.sampler
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-        steps = int(steps or cfg.sample_steps)
-        if steps < 1:
-            raise UserError(f"--steps must be at least 1, got {steps}")
+        steps = int(cfg.sample_steps if steps is None else steps)
+        eta = float(cfg.eta if eta is None else eta)
+        thresholding = float(cfg.thresholding) or None
+        # Before encoding anything: a bad --sampler or --steps is a one-line error.
+        check_sampling(self.schedule, sampler, steps, eta, cfg.prediction, thresholding, spacing=self.spacing)
         size = self.image_size
         tokens = self.text.tokenize(prompts)
         cond = self._encode(text_params, tokens["ids"], tokens["attention_mask"])
         images = sample(self.model_fn, unet_params, (len(prompts), size, size, 3), cond, None, jax.random.key(seed),
                         schedule=self.schedule, sampler=sampler, steps=steps,
-                        guidance=float(cfg.guidance if guidance is None else guidance),
-                        eta=float(cfg.eta if eta is None else eta), prediction=cfg.prediction,
-                        thresholding=float(cfg.thresholding) or None,
-                        spacing=self.spacing)
+                        guidance=float(cfg.guidance if guidance is None else guidance), eta=eta,
+                        prediction=cfg.prediction, thresholding=thresholding, spacing=self.spacing)
         return to_uint8(images)

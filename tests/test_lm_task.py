@@ -27,7 +27,8 @@ def test_shapes_check_validates_grammar_and_instruction():
 def test_shapes_check_wants_the_edited_scene_for_an_edit_prompt():
     two = "a small red circle at the top left and a large blue square at the right, on a white background"
     assert shapes_check(f"{two}; make the circle green",
-                        "a small green circle at the top left and a large blue square at the right, on a white background")
+                        "a small green circle at the top left and a large blue square at the right, on a white "
+                        "background")
     assert not shapes_check(f"{two}; make the circle green", two)       # the edit not applied
     assert not shapes_check(f"{two}; make the circle green",             # applied to the wrong object
                             "a small red circle at the top left and a large green square at the right, on a white "

@@ -57,6 +57,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.evaluation.captioning import validation_examples
     from llmimg_jax.evaluation.expansion import edit_expansion_accuracy, expansion_accuracy
+    from llmimg_jax.text.edit_format import trained_on_edits
     from llmimg_jax.text.expander import load_expander
 
     expander = load_expander(args.workdir, validate=True)
@@ -66,7 +67,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"| {kind} | {value:.3f} |")
     print(f"| **overall** ({result['num']}) | **{result['overall']:.3f}** |\nvalid descriptions: {result['valid']:.3f}")
     config = load_workdir_config(args.workdir)
-    if float(config.lm.get("edit_fraction", 0.0)) > 0:
+    if trained_on_edits(config):
         edits = edit_expansion_accuracy(expander, validation_examples(config.data, args.eval)[1], seed=args.seed)
         print("\n| edit | applied exactly |\n| --- | --- |")
         for form, value in edits["per_form"].items():

@@ -87,13 +87,12 @@ def _captioner(captioner, captioner_workdir: str, pipe: TextToImagePipeline, num
                options: dict) -> dict:
     """The report's captioner section; the edit accuracy needs an expander trained on edits, else it is skipped."""
     from llmimg_jax.evaluation.captioning import captioner_scores
+    from llmimg_jax.text.edit_format import trained_on_edits
 
     data_config = load_workdir_config(captioner_workdir).data  # its own image size; the generator may differ
-    edit_fraction = 0.0
-    if pipe.lm_workdir:
-        edit_fraction = float(load_workdir_config(pipe.lm_workdir).lm.get("edit_fraction", 0.0))
-    scores = captioner_scores(captioner, pipe, data_config, min(num, 500), seed, edits=edit_fraction > 0, **options)
-    if edit_fraction <= 0:
+    edits = bool(pipe.lm_workdir) and trained_on_edits(load_workdir_config(pipe.lm_workdir))
+    scores = captioner_scores(captioner, pipe, data_config, min(num, 500), seed, edits=edits, **options)
+    if not edits:
         scores["edit_skipped"] = ("skipped: the prompt expander was not trained on edits; train one with "
                                   "configs/shapes_lm.py:edits and pass --lm-workdir")
         log.warning("skipped the edit accuracy: the prompt expander was not trained on edits (lm.edit_fraction=0)")

@@ -50,5 +50,5 @@ def edit_expansion_accuracy(expander: Expander, scenes: list[Scene], seed: int =
         if not good and len(failures) < 20:
             failures.append({"prompt": prompt, "expansion": text, "target": describe(target)})
     return {"num": len(drawn), "overall": scored["exact"], "valid": scored["valid"],
-            "per_form": {f: float(np.mean(per_form[f])) for f in FORMS if f in per_form}, "skipped": len(scenes) - len(drawn),
-            "failures": failures}
+            "per_form": {f: float(np.mean(per_form[f])) for f in FORMS if f in per_form},
+            "skipped": len(scenes) - len(drawn), "failures": failures}

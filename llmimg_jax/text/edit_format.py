@@ -30,6 +30,11 @@ def edit_prompt(description: str, edit: str) -> str:
     return f"{description.strip()}{EDIT_SEPARATOR}{edit.strip()}"
 
 
+def trained_on_edits(config) -> bool:
+    """Whether a language-model run's config (`lm.edit_fraction` > 0) taught its expander edits."""
+    return float(config.lm.get("edit_fraction", 0.0)) > 0
+
+
 def edited_scene(prompt: str) -> Scene | None:
     """The scene an edit prompt ("<description>; <edit>") asks for; None when `prompt` is not a valid one."""
     description, separator, edit = prompt.rpartition(EDIT_SEPARATOR)

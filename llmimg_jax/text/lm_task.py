@@ -11,6 +11,7 @@ prefix slots) so lm.max_length stays the room for the tokens.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -154,8 +155,15 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         loss, count = next_token_loss(logits, batch["ids"], batch["loss_mask"])
         return loss, {"target_tokens": count}
 
-    def evaluate(state, step: int) -> None:
+    @functools.cache
+    def edit_scenes() -> list:
+        """The validation scenes the edit accuracy draws its edits from: the same at every evaluation, read once."""
         from llmimg_jax.evaluation.captioning import validation_examples
+
+        eval_source = make_source(config.data, config.data.eval_split)
+        return validation_examples(config.data, min(int(config.expand.eval_num), len(eval_source)))[1]
+
+    def evaluate(state, step: int) -> None:
         from llmimg_jax.evaluation.expansion import edit_expansion_accuracy, expansion_accuracy
         from llmimg_jax.text.expander import make_expander
 
@@ -166,9 +174,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         line = (f"step {step}: expansion accuracy {result['overall']:.3f} (valid {result['valid']:.3f}) on "
                 f"{result['num']} validation instructions")
         if edit_fraction > 0:
-            num = min(int(config.expand.eval_num), len(make_source(config.data, config.data.eval_split)))
-            scenes = validation_examples(config.data, num)[1]
-            result["edits"] = edit_expansion_accuracy(expander, scenes, seed=config.seed)
+            result["edits"] = edit_expansion_accuracy(expander, edit_scenes(), seed=config.seed)
             line += f"; edits applied exactly {result['edits']['overall']:.3f} of {result['edits']['num']}"
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", f"expansion_{step:06d}.json"), "w") as f:

@@ -1,6 +1,7 @@
-"""The prompt expander reading instructions through a frozen BERT (lm.instruction_encoder=bert): GPT-2's masked
-prefix (equals the real prefix vectors alone; cached sampler = naive), gradients (adapter and GPT-2, never BERT),
-and the tiny config trained, expanded and measured end to end on the shipped MiniLM."""
+"""The prompt expander reading instructions through a pretrained BERT (lm.instruction_encoder=bert): GPT-2's masked
+prefix (equals the real prefix vectors alone; cached sampler = naive), gradients (adapter and GPT-2; BERT only when
+fine-tuned, and finite then), and the tiny config trained (BERT frozen or fine-tuned), expanded and measured end to
+end on the shipped MiniLM."""
 
 import json
 import os
@@ -77,16 +78,17 @@ def test_cached_sampler_with_masked_prefix_equals_naive(tiny, kwargs):
         generate(model, params, ids, ids_mask, **{**args, "prefix_mask": mask[:, :3]})
 
 
-def _tiny_reader(lm_config, layers=1, length=8):
+def _tiny_reader(lm_config, layers=1, length=8, trainable=False):
     bert = Bert(bert_config("minilm-l6", vocab_size=40, num_hidden_layers=2, hidden_size=24, num_attention_heads=4,
                             intermediate_size=48))
-    return InstructionReader(BertTextSide(None, bert, -1, "mean", False, length=length),
+    return InstructionReader(BertTextSide(None, bert, -1, "mean", trainable, length=length),
                              PrefixAdapter(lm_config, layers))
 
 
-def test_gradients_reach_adapter_and_gpt2_but_never_bert():
+def _reader_loss(trainable: bool, state_noise: float = 0.0):
+    """A tiny GPT-2 + reader, its params, and its next-token loss on two instructions (bert_ids can be swapped)."""
     model = GPT2(gpt2_config("tiny", vocab_size=VOCAB, n_positions=32))
-    reader = _tiny_reader(model.config)
+    reader = _tiny_reader(model.config, trainable=trainable)
     k_lm, k_reader = jax.random.split(jax.random.key(0))
     params = nn.unbox({"lm": model.init(k_lm, jnp.zeros((1, 8), jnp.int32))["params"], **reader.init(k_reader)})
     bert_ids = jnp.array([[2, 5, 7, 9, 3, 0, 0, 0], [2, 11, 3, 0, 0, 0, 0, 0]])
@@ -95,10 +97,15 @@ def test_gradients_reach_adapter_and_gpt2_but_never_bert():
     mask = (ids > 0).astype(jnp.int32)
 
     def loss(p, bert_ids=bert_ids):
-        prefix, prefix_mask = reader.prefix(p, bert_ids, bert_mask)
+        prefix, prefix_mask = reader.prefix(p, bert_ids, bert_mask, rng=jax.random.key(3), state_noise=state_noise)
         logits = model.apply({"params": p["lm"]}, ids, mask, prefix_embeds=prefix, prefix_mask=prefix_mask)
         return next_token_loss(logits, ids, mask.astype(jnp.float32))[0]
 
+    return params, loss, bert_ids, bert_mask
+
+
+def test_gradients_reach_adapter_and_gpt2_but_never_bert():
+    params, loss, bert_ids, bert_mask = _reader_loss(trainable=False)
     grads = jax.jit(jax.grad(loss))(params)
     assert set(grads) == {"lm", "adapter", "bert"}
     assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads["bert"]))  # exactly zero
@@ -108,6 +115,17 @@ def test_gradients_reach_adapter_and_gpt2_but_never_bert():
         assert min(norms.values()) > 0, f"no gradient for {group}: {[k for k, v in norms.items() if v == 0]}"
     # Padding tokens of the instruction do not change anything.
     np.testing.assert_allclose(loss(params, jnp.where(bert_mask > 0, bert_ids, 17)), loss(params), rtol=1e-6)
+
+
+def test_fine_tuned_bert_gets_finite_gradients_through_the_state_noise():
+    """lm.bert_lr > 0: BERT is trained end to end; padding rows' states are zero, where the noise scale's sqrt
+    has no finite gradient, so the scale must carry none."""
+    params, loss, _, _ = _reader_loss(trainable=True, state_noise=0.8)
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    word_embeddings = [g for k, g in jax.tree_util.tree_leaves_with_path(grads["bert"])
+                       if "word_embeddings" in jax.tree_util.keystr(k)]
+    assert word_embeddings and float(jnp.abs(word_embeddings[0]).sum()) > 0
 
 
 def test_state_noise_and_word_insertion():
@@ -138,6 +156,11 @@ def test_config_variant_and_bad_encoder():
     default.lm.instruction_encoder = "t5"
     with pytest.raises(UserError, match="lm.instruction_encoder='t5' is unknown"):
         uses_bert(default)
+    from llmimg_jax.text.lm_task import make_task
+
+    bert.lm.bert_lr = -1e-5
+    with pytest.raises(UserError, match="lm.bert_lr=-1e-05 must be 0"):
+        make_task(bert, "unused_workdir")  # refused before anything is read or written
 
 
 @pytest.mark.slow
@@ -176,6 +199,18 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
     restored = load_params(workdir, jax.eval_shape(reader.init, jax.random.key(0)))["params"]["bert"]
     jax.tree.map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), np.asarray(want)), restored,
                  shipped)
+
+    # lm.bert_lr > 0: BERT is fine-tuned end to end (its own learning rate), and the workdir still expands.
+    tuned_dir = str(tmp_path / "lm_tuned")
+    monkeypatch.undo()
+    monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
+    assert main(["train", "--config", config, "--workdir", tuned_dir, "--config.lm.instruction_encoder=bert",
+                 "--config.train.steps=3", "--config.lm.state_noise=0.3", "--config.lm.bert_lr=1e-4"]) == 0
+    tuned = load_params(tuned_dir, jax.eval_shape(reader.init, jax.random.key(0)))["params"]["bert"]
+    changed = [not np.array_equal(np.asarray(got), np.asarray(want))
+               for got, want in zip(jax.tree.leaves(tuned), jax.tree.leaves(shipped))]
+    assert sum(changed) > len(changed) // 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tuned))
+    assert len(load_expander(tuned_dir, validate=False).expand(["a green triangle"])) == 1
 
     import importlib.util
 

@@ -1,7 +1,7 @@
-"""The prompt expander's instruction reader (`lm.instruction_encoder="bert"`): a frozen pretrained BERT whose token
+"""The prompt expander's instruction reader (`lm.instruction_encoder="bert"`): a pretrained BERT whose token
 states a small trained adapter maps to GPT-2 prefix embeddings (ClipCap-style, for text).
 
-    states, mask = BERT([CLS] instruction [SEP])          frozen: gradients stop at its output
+    states, mask = BERT([CLS] instruction [SEP])          frozen unless lm.bert_lr > 0 (fine-tuned end to end)
     prefix       = Adapter(states + noise, mask)          LayerNorm, Linear 384 -> n_embd, lm.adapter_layers blocks
     logits       = GPT2(<|sep|> description <|endoftext|>, prefix_embeds=prefix, prefix_mask=mask)
 
@@ -12,7 +12,8 @@ states (synonyms) map to nearby prefixes; `lm.word_insertion` inserts 1-3 random
 share of the training instructions (EDA's random insertion), so filler words are ignored. BERT is the
 generators' BERT text side (`text.encoder_path`, '' = the shipped MiniLM; rows of `text.max_length` tokens),
 recorded in WORKDIR/bert (tokenizer and text_model.json) so the workdir loads without the checkpoint package; its
-weights are a frozen parameter group saved with every checkpoint. Parameter groups: {"lm", "adapter", "bert"}.
+weights are a parameter group saved with every checkpoint, frozen unless `lm.bert_lr` > 0 fine-tunes it end to end
+at that learning rate. Parameter groups: {"lm", "adapter", "bert"}.
 """
 
 from __future__ import annotations
@@ -89,12 +90,15 @@ class InstructionReader:
 
     def prefix(self, params: dict[str, Params], ids: jax.Array, mask: jax.Array, *, deterministic: bool = True,
                rng: jax.Array | None = None, state_noise: float = 0.0) -> tuple[jax.Array, jax.Array]:
-        """(prefix_embeds [B, T, n_embd], prefix_mask [B, T]); no gradient reaches params["bert"]. With
-        `state_noise` > 0 (training; needs `rng`), Gaussian noise of that fraction of each state's RMS is added."""
-        states = self.side.condition(params["bert"], ids, mask)["context"]  # frozen side: stop_gradient inside
+        """(prefix_embeds [B, T, n_embd], prefix_mask [B, T]); no gradient reaches params["bert"] unless the side
+        is trainable. With `state_noise` > 0 (training; needs `rng`), Gaussian noise of that fraction of each
+        state's RMS is added."""
+        states = self.side.condition(params["bert"], ids, mask)["context"]  # a frozen side stops gradients inside
         if state_noise > 0:
             rng, noise_rng = jax.random.split(rng)
-            rms = jnp.sqrt(jnp.mean(jnp.square(states.astype(jnp.float32)), axis=-1, keepdims=True))
+            # The noise's scale carries no gradient (and sqrt's would be infinite at a zero padding state).
+            rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(states.astype(jnp.float32)), axis=-1,
+                                                          keepdims=True)))
             noise = jax.random.normal(noise_rng, states.shape, jnp.float32) * (state_noise * rms)
             states = (states.astype(jnp.float32) + noise).astype(states.dtype)
         rngs = {"dropout": rng} if rng is not None else {}
@@ -129,9 +133,11 @@ def uses_bert(config: ml_collections.ConfigDict) -> bool:
 
 
 def _bert_text_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config the generators' BERT text side reads: text.encoder=bert, frozen, last layer."""
+    """The config the generators' BERT text side reads: text.encoder=bert, last layer, trainable when lm.bert_lr
+    > 0."""
+    trainable = float(config.lm.get("bert_lr", 0.0)) > 0
     config = ml_collections.ConfigDict(config.to_dict())
-    config.text.update(dict(encoder="bert", trainable=False, layer=-1, lm_workdir="", tokenizer_dir=""))
+    config.text.update(dict(encoder="bert", trainable=trainable, layer=-1, lm_workdir="", tokenizer_dir=""))
     return config
 
 

@@ -25,6 +25,7 @@ import optax
 from llmimg_jax.data.pipeline import Pipeline
 from llmimg_jax.data.sources import make_source, validation_texts
 from llmimg_jax.data.tokenizer import ensure_tokenizer
+from llmimg_jax.errors import UserError
 from llmimg_jax.text.bert_prefix import InstructionReader, build_reader, insert_random_words, uses_bert
 from llmimg_jax.text.gpt2 import GPT2, gpt2_config
 from llmimg_jax.text.edit_format import edit_texts, edit_triple, with_edits
@@ -47,6 +48,7 @@ def default_lm_config() -> ml_collections.ConfigDict:
         adapter_layers=1,   # bert: transformer blocks in the adapter after LayerNorm + Linear (0: none)
         state_noise=0.0,    # bert: training noise on BERT's states, as a fraction of their RMS (see bert_prefix.py)
         word_insertion=0.0,  # bert: share of training instructions given 1-3 random extra words
+        bert_lr=0.0,        # bert: 0 = BERT frozen; > 0 = BERT fine-tuned end to end at this learning rate
         scan_layers=False,
         remat=False,
     ))
@@ -117,6 +119,9 @@ def next_token_loss(logits: jax.Array, ids: jax.Array, loss_mask: jax.Array) -> 
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+    bert_lr = float(config.lm.get("bert_lr", 0.0))
+    if bert_lr < 0:
+        raise UserError(f"lm.bert_lr={bert_lr} must be 0 (BERT frozen) or a positive learning rate")
     source = make_source(config.data, config.data.train_split)
     edit_fraction = float(config.lm.edit_fraction)
     tokenizer = ensure_tokenizer(config.text, workdir, lambda: itertools.chain(
@@ -193,9 +198,12 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         with open(os.path.join(workdir, "samples", f"expansions_{step:06d}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    # BERT ("bert") is a frozen group: no phase trains it, so it has no optimizer state and never changes.
-    groups = ("lm",) if reader is None else ("lm", "adapter")
+    # BERT ("bert") is a frozen group unless lm.bert_lr > 0: no phase trains it, so it has no optimizer state.
+    groups, overrides = ("lm",) if reader is None else ("lm", "adapter"), {}
+    if reader is not None and bert_lr > 0:
+        groups, overrides = groups + ("bert",), {"bert": {"lr": bert_lr}}
     return Task(init=init, phases=(Phase(groups, loss_fn),), batches=pipeline.global_batches,
+                optimizer_overrides=overrides,
                 ema_groups=groups, data_state=pipeline.state, evaluate=evaluate, sample=sample,
                 pretrained=(lambda: {"bert": bert_weights()}) if reader is not None else None)
 

@@ -202,7 +202,7 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
 
     # lm.bert_lr > 0: BERT is fine-tuned end to end (its own learning rate), and the workdir still expands.
     tuned_dir = str(tmp_path / "lm_tuned")
-    monkeypatch.undo()
+    monkeypatch.undo()  # training needs the shipped checkpoint again
     monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
     assert main(["train", "--config", config, "--workdir", tuned_dir, "--config.lm.instruction_encoder=bert",
                  "--config.train.steps=3", "--config.lm.state_noise=0.3", "--config.lm.bert_lr=1e-4"]) == 0

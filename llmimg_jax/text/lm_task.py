@@ -198,9 +198,10 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         with open(os.path.join(workdir, "samples", f"expansions_{step:06d}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    # BERT ("bert") is a frozen group unless lm.bert_lr > 0: no phase trains it, so it has no optimizer state.
+    # BERT ("bert") is a frozen group unless lm.bert_lr > 0: no phase trains it, so it has no optimizer state. Its
+    # text side decides (it stops BERT's gradients when frozen), so the groups follow the side.
     groups, overrides = ("lm",) if reader is None else ("lm", "adapter"), {}
-    if reader is not None and bert_lr > 0:
+    if reader is not None and reader.side.trainable:
         groups, overrides = groups + ("bert",), {"bert": {"lr": bert_lr}}
     return Task(init=init, phases=(Phase(groups, loss_fn),), batches=pipeline.global_batches,
                 optimizer_overrides=overrides,

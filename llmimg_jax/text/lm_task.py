@@ -198,8 +198,9 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         with open(os.path.join(workdir, "samples", f"expansions_{step:06d}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    # BERT ("bert") is a frozen group unless lm.bert_lr > 0: no phase trains it, so it has no optimizer state. Its
-    # text side decides (it stops BERT's gradients when frozen), so the groups follow the side.
+    # Frozen BERT (lm.bert_lr = 0) is a group no phase trains, so it has no optimizer state; fine-tuned, it is
+    # trained at its own learning rate. Its text side made that decision (it stops BERT's gradients when frozen),
+    # so the groups follow the side.
     groups, overrides = ("lm",) if reader is None else ("lm", "adapter"), {}
     if reader is not None and reader.side.trainable:
         groups, overrides = groups + ("bert",), {"bert": {"lr": bert_lr}}

@@ -13,8 +13,7 @@ share of the training instructions (EDA's random insertion), so filler words are
 generators' BERT text side (`text.encoder_path`, '' = the shipped MiniLM; rows of `text.max_length` tokens),
 recorded in WORKDIR/bert (tokenizer and text_model.json) so the workdir loads without the checkpoint package; its
 weights are a parameter group saved with every checkpoint, frozen unless `lm.bert_lr` > 0 fine-tunes it end to end
-at that learning rate (`lm.bert_freeze_words`: all but its word embeddings). Parameter groups: {"lm", "adapter",
-"bert"}.
+at that learning rate. Parameter groups: {"lm", "adapter", "bert"}.
 """
 
 from __future__ import annotations
@@ -90,17 +89,11 @@ class InstructionReader:
         return {"bert": self.side.init(k_bert), "adapter": self.adapter.init(k_adapter, states, mask)["params"]}
 
     def prefix(self, params: dict[str, Params], ids: jax.Array, mask: jax.Array, *, deterministic: bool = True,
-               rng: jax.Array | None = None, state_noise: float = 0.0, freeze_words: bool = False
-               ) -> tuple[jax.Array, jax.Array]:
+               rng: jax.Array | None = None, state_noise: float = 0.0) -> tuple[jax.Array, jax.Array]:
         """(prefix_embeds [B, T, n_embd], prefix_mask [B, T]); no gradient reaches params["bert"] unless the side
-        is trainable, nor its word embeddings with `freeze_words`. With `state_noise` > 0 (training; needs `rng`),
-        Gaussian noise of that fraction of each state's RMS is added."""
-        bert = params["bert"]
-        if freeze_words:
-            # Words the training instructions never use get no gradient anyway; freezing those they use too keeps
-            # the two in their pretrained relation (upper / top), which the fine-tuned layers then read alike.
-            bert = {**bert, "word_embeddings": jax.lax.stop_gradient(bert["word_embeddings"])}
-        states = self.side.condition(bert, ids, mask)["context"]  # a frozen side stops gradients inside
+        is trainable. With `state_noise` > 0 (training; needs `rng`), Gaussian noise of that fraction of each
+        state's RMS is added."""
+        states = self.side.condition(params["bert"], ids, mask)["context"]  # a frozen side stops gradients inside
         if state_noise > 0:
             rng, noise_rng = jax.random.split(rng)
             # The noise's scale carries no gradient (and sqrt's would be infinite at a zero padding state).

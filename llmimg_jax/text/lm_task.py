@@ -49,7 +49,6 @@ def default_lm_config() -> ml_collections.ConfigDict:
         state_noise=0.0,    # bert: training noise on BERT's states, as a fraction of their RMS (see bert_prefix.py)
         word_insertion=0.0,  # bert: share of training instructions given 1-3 random extra words
         bert_lr=0.0,        # bert: 0 = BERT frozen; > 0 = BERT fine-tuned end to end at this learning rate
-        bert_freeze_words=False,  # bert, fine-tuned: its word embeddings stay pretrained
         scan_layers=False,
         remat=False,
     ))
@@ -154,8 +153,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
             k_adapter, k_lm = jax.random.split(rng)
             prefix, prefix_mask = reader.prefix(params, batch["bert_ids"], batch["bert_mask"],
                                                 deterministic=deterministic, rng=k_adapter,
-                                                state_noise=float(config.lm.state_noise),
-                                                freeze_words=bool(config.lm.get("bert_freeze_words", False)))
+                                                state_noise=float(config.lm.state_noise))
             logits = model.apply({"params": params["lm"]}, batch["ids"], batch["attention_mask"],
                                  deterministic=deterministic, rngs={"dropout": k_lm}, prefix_embeds=prefix,
                                  prefix_mask=prefix_mask)

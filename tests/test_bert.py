@@ -211,3 +211,48 @@ def generator_init(workdir):
     config = load_workdir_config(workdir)
     return DiffusionGenerator(build_unet(config), load_text_side(config, workdir), schedule_from(config.diffusion),
                               config.diffusion, int(config.data.image_size)).init_params
+
+
+def _probe_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_wordings", os.path.join(REPO, "scripts", "probe_wordings.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_wording_probe_scores_an_encoder_that_knows_each_meaning_right_and_one_that_swaps_them_wrong():
+    script = _probe_script()
+    groups = script.groups()
+    meaning_of = {carrier.format(w): m for carrier, spec, written in groups.values()
+                  for m, ws in [*spec.items(), *written.items()] for w in ws}
+    spec_texts = {carrier.format(w) for carrier, spec, _ in groups.values() for ws in spec.values() for w in ws}
+    meanings = sorted(set(meaning_of.values()))
+
+    def one_hot(swap):  # each text -> its meaning; a written (not spec) wording's meaning swapped as asked
+        def embed(texts):
+            index = [meanings.index(meaning_of[t] if t in spec_texts else swap.get(meaning_of[t], meaning_of[t]))
+                     for t in texts]
+            return np.eye(len(meanings))[index]
+        return embed
+
+    rows = script.probe(one_hot({}))
+    assert len(rows) == sum(len(ws) for _, _, written in groups.values() for ws in written.values())
+    assert all(r["margin"] == 1.0 and r["nearest"] in r["means"].split(" / ") for r in rows)
+    # An encoder taking every written "left of" for "right of": exactly those rows wrong, by the full margin.
+    rows = script.probe(one_hot({"left of": "right of"}))
+    wrong = [r for r in rows if r["margin"] < 0]
+    assert {r["wording"] for r in wrong} == set(script.RELATION_WORDS["left of"])
+    assert all(r["margin"] == -1.0 and r["nearest"] == "to the right of" for r in wrong)
+
+
+@needs_minilm
+def test_wording_probe_on_minilm_prints_every_wording(capsys):
+    script = _probe_script()
+    capsys.readouterr()
+    assert script.main([]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| group", "| ---"))]
+    assert len(rows) == 27 and "| line | in a vertical stack | in a column / stacked vertically | stacked vertically |" in out
+    assert "nearest spec wording right: cell " in out

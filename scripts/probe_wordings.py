@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +32,7 @@ SPEC_RELATIONS = {"left of": ("to the left of",), "right of": ("to the right of"
 SPEC_LINES = {"row": ("in a row",), "column": ("in a column", "stacked vertically")}
 
 
-def groups() -> dict[str, tuple[str, dict[str, str], dict[str, Sequence[str]]]]:
+def groups() -> dict[str, tuple[str, dict[str, Sequence[str]], dict[str, Sequence[str]]]]:
     """group -> (carrier sentence with {}, {meaning: spec wordings}, {meaning: hand-written wordings})."""
     cells = {f"{r},{c}": (cell_phrase(r, c),) for r, c in sorted(CELL_WORDS)}
     return {"cell": ("a small red square {}", cells, {f"{r},{c}": (w,) for (r, c), w in CELL_WORDS.items()}),
@@ -40,7 +40,7 @@ def groups() -> dict[str, tuple[str, dict[str, str], dict[str, Sequence[str]]]]:
             "line": ("three red circles {}", SPEC_LINES, LINE_WORDS)}
 
 
-def embedder(path: str, length: int = 32):
+def embedder(path: str, length: int = 32) -> Callable[[Sequence[str]], np.ndarray]:
     """texts -> unit mean-pooled states [N, D] of the BERT in `path`."""
     model, params = load_hf_bert(path)
     tokenizer = load_bert_tokenizer(path)
@@ -54,7 +54,7 @@ def embedder(path: str, length: int = 32):
     return embed
 
 
-def probe(embed) -> list[dict]:
+def probe(embed: Callable[[Sequence[str]], np.ndarray]) -> list[dict]:
     """A row per hand-written wording: group, wording, meaning, nearest spec wording, margin (a meaning with several
     spec wordings counts its nearest)."""
     rows = []

@@ -20,24 +20,21 @@ from typing import Callable, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from llmimg_jax.data.shapes.constraints import LINE_PHRASES, RELATION_PHRASES
 from llmimg_jax.data.shapes.paraphrases import CELL_WORDS, LINE_WORDS, RELATION_WORDS
 from llmimg_jax.data.shapes.spec import cell_phrase
 from llmimg_jax.errors import UserError
 from llmimg_jax.text.bert import load_bert_tokenizer, load_hf_bert, mean_pool
 from llmimg_jax.text.pretrained import minilm_dir
 
-# The spec's own wordings of what each paraphrase group means (the training templates use these).
-SPEC_RELATIONS = {"left of": ("to the left of",), "right of": ("to the right of",), "above": ("above",),
-                  "below": ("below",)}
-SPEC_LINES = {"row": ("in a row",), "column": ("in a column", "stacked vertically")}
-
-
 def groups() -> dict[str, tuple[str, dict[str, Sequence[str]], dict[str, Sequence[str]]]]:
-    """group -> (carrier sentence with {}, {meaning: spec wordings}, {meaning: hand-written wordings})."""
+    """group -> (carrier sentence with {}, {meaning: spec wordings}, {meaning: hand-written wordings}); the spec's
+    wordings are the ones the training instructions are written in."""
     cells = {f"{r},{c}": (cell_phrase(r, c),) for r, c in sorted(CELL_WORDS)}
     return {"cell": ("a small red square {}", cells, {f"{r},{c}": (w,) for (r, c), w in CELL_WORDS.items()}),
-            "relation": ("a red circle {} a blue square", SPEC_RELATIONS, RELATION_WORDS),
-            "line": ("three red circles {}", SPEC_LINES, LINE_WORDS)}
+            "relation": ("a red circle {} a blue square", {r: (p,) for r, p in RELATION_PHRASES.items()},
+                         RELATION_WORDS),
+            "line": ("three red circles {}", LINE_PHRASES, LINE_WORDS)}
 
 
 def embedder(path: str, length: int = 32) -> Callable[[Sequence[str]], np.ndarray]:

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from llmimg_jax.data.shapes import grammar, instructions
+from llmimg_jax.data.shapes import constraints, grammar, instructions
 from llmimg_jax.data.shapes.constraints import KINDS, parse_instruction, satisfies
 from llmimg_jax.data.shapes.paraphrases import CELL_WORDS, TEMPLATES, paraphrase_set, sample_paraphrase
 from llmimg_jax.data.shapes.spec import ALL_CELLS, BACKGROUNDS, ShapesError
@@ -68,12 +68,13 @@ def _symmetric(inst, objects) -> bool:
 
 
 def _spec_literals() -> list[str]:
-    """The string literals (not docstrings) of the spec's grammar and instruction generators: their wording."""
+    """The string literals (not docstrings) of the spec's grammar, instruction generators and the constraint model
+    (which holds the relation and line wordings): their wording."""
     import ast
     import inspect
 
     literals = []
-    for module in (grammar, instructions):
+    for module in (grammar, instructions, constraints):
         tree = ast.parse(inspect.getsource(module))
         docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
         literals += [n.value.lower() for n in ast.walk(tree)
@@ -85,7 +86,7 @@ def test_the_wording_is_outside_the_spec_generators():
     """No template's fixed words (the text around its slots) occur in the spec generators' strings, and the
     spec's generators never produce a paraphrase's text."""
     literals = _spec_literals()
-    assert "to the left of" in literals and " in a row" in literals  # the reference is real
+    assert "to the left of" in literals and "in a row" in literals  # the reference is real
     for templates in TEMPLATES.values():
         for template in templates:
             for piece in re.split(r"\{\w+\}", template):

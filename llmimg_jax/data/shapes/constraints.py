@@ -17,8 +17,11 @@ from llmimg_jax.data.shapes.scene import Scene, ShapeObject
 from llmimg_jax.data.shapes.spec import ShapesError
 
 KINDS = ("explicit", "attribute", "count", "relation", "row/column")
-RELATIONS = ("left of", "right of", "above", "below")  # objects[0] REL objects[1]
-LINES = ("row", "column")
+# The spec's wording of each relation (objects[0] REL objects[1]) and line; instructions are written in these.
+RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+LINE_PHRASES = {"row": ("in a row",), "column": ("in a column", "stacked vertically")}
+RELATIONS = tuple(RELATION_PHRASES)
+LINES = tuple(LINE_PHRASES)
 NUMBERS = {"two": 2, "three": 3}
 
 
@@ -75,8 +78,10 @@ def satisfies(scene: Scene, instruction: Instruction) -> bool:
 _SINGULAR = re.compile(rf"(?:a(?: ({SIZE_RE}))?(?: ({COLOUR_RE}))? (?:({SHAPE_RE})|shape)"
                        rf"|something(?: ({SIZE_RE}))?(?: ({COLOUR_RE}))?)(?: {CELL_PHRASE_RE})?")
 _PLURAL = re.compile(rf"({'|'.join(NUMBERS)})(?: ({SIZE_RE}))?(?: ({COLOUR_RE}))? (?:({SHAPE_RE})s|shapes)"
-                     r"(?: (in a row|in a column|stacked vertically))?")
-_RELATION = re.compile(r"(.+?) (to the left of|to the right of|above|below) (.+)")
+                     rf"(?: ({'|'.join(p for phrases in LINE_PHRASES.values() for p in phrases)}))?")
+_RELATION = re.compile(rf"(.+?) ({'|'.join(RELATION_PHRASES.values())}) (.+)")
+_LINE_OF = {p: line for line, phrases in LINE_PHRASES.items() for p in phrases}
+_RELATION_OF = {p: relation for relation, p in RELATION_PHRASES.items()}
 _BACKGROUND = re.compile(rf"(.+?),? on a ({BACKGROUND_RE}) background")
 
 
@@ -97,15 +102,14 @@ def parse_instruction(text: str) -> Instruction:
     if m := _PLURAL.fullmatch(body):
         number, size, colour, shape, line = m.groups()
         pattern = ObjectPattern(shape=shape, colour=colour, size=size)
-        kind, line = ("row/column", "row" if line == "in a row" else "column") if line else ("count", None)
+        kind, line = ("row/column", _LINE_OF[line]) if line else ("count", None)
         return Instruction(kind, (pattern,) * NUMBERS[number], background, line=line)
     if m := _RELATION.fullmatch(body):
         a, b = _singular(m.group(1), allow_cell=False), _singular(m.group(3), allow_cell=False)
         if a is None or b is None:
             raise ShapesError(f"instruction {text!r}: a relation joins two objects without cells, like "
                               "'a red circle to the left of a blue square'; fix the object phrases")
-        relation = m.group(2).removeprefix("to the ")
-        return Instruction("relation", (a, b), background, relation=relation)
+        return Instruction("relation", (a, b), background, relation=_RELATION_OF[m.group(2)])
     patterns = [_singular(p, allow_cell=True) for p in split_phrases(body)]
     if not patterns or None in patterns:
         raise ShapesError(f"instruction {text!r} is not one of the Shapes forms (explicit, attribute, count, "

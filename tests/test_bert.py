@@ -213,17 +213,8 @@ def generator_init(workdir):
                               config.diffusion, int(config.data.image_size)).init_params
 
 
-def _probe_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("probe_wordings", os.path.join(REPO, "scripts", "probe_wordings.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_wording_probe_scores_an_encoder_that_knows_each_meaning_right_and_one_that_swaps_them_wrong():
-    script = _probe_script()
+def test_wording_probe_scores_an_encoder_that_knows_each_meaning_right_and_one_that_swaps_them_wrong(load_script):
+    script = load_script("probe_wordings")
     groups = script.groups()
     meaning_of = {carrier.format(w): m for carrier, spec, written in groups.values()
                   for m, ws in [*spec.items(), *written.items()] for w in ws}
@@ -248,11 +239,12 @@ def test_wording_probe_scores_an_encoder_that_knows_each_meaning_right_and_one_t
 
 
 @needs_minilm
-def test_wording_probe_on_minilm_prints_every_wording(capsys):
-    script = _probe_script()
+def test_wording_probe_on_minilm_prints_every_wording(capsys, load_script):
+    script = load_script("probe_wordings")
     capsys.readouterr()
     assert script.main([]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| group", "| ---"))]
-    assert len(rows) == 27 and "| line | in a vertical stack | in a column / stacked vertically | stacked vertically |" in out
+    assert len(rows) == 27
+    assert "| line | in a vertical stack | in a column / stacked vertically | stacked vertically |" in out
     assert "nearest spec wording right: cell " in out

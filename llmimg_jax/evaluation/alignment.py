@@ -9,7 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from llmimg_jax.data.shapes.constraints import KINDS, Instruction, ObjectPattern, parse_instruction, satisfies
+from llmimg_jax.data.shapes.constraints import (KINDS, Instruction, ObjectPattern, parse_instruction,
+                                                relation_holds, satisfies)
 from llmimg_jax.data.shapes.instructions import sample_instruction
 from llmimg_jax.data.shapes.reader import read_image
 from llmimg_jax.data.shapes.scene import Scene, ShapeObject
@@ -62,11 +63,8 @@ def _assignable(objects: Sequence[ShapeObject], patterns: Sequence[ObjectPattern
             continue
         if line is not None and len({o.row if line == "row" else o.col for o in chosen}) != 1:
             continue
-        if relation is not None:
-            a, b = chosen[0], chosen[1]
-            if not {"left of": a.col < b.col, "right of": a.col > b.col,
-                    "above": a.row < b.row, "below": a.row > b.row}[relation]:
-                continue
+        if relation is not None and not relation_holds(chosen[0], chosen[1], relation):
+            continue
         return True
     return False
 

@@ -51,7 +51,8 @@ class Instruction:
     line: str | None = None      # 'row' | 'column': all objects share one row / one column
 
 
-def _relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
+def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
+    """Whether `a relation b` holds between the two objects' cells (relation one of RELATIONS)."""
     return {"left of": a.col < b.col, "right of": a.col > b.col,
             "above": a.row < b.row, "below": a.row > b.row}[relation]
 
@@ -69,7 +70,7 @@ def satisfies(scene: Scene, instruction: Instruction) -> bool:
     for order in itertools.permutations(scene.objects):
         if not all(p.matches(o) for p, o in zip(instruction.objects, order)):
             continue
-        if instruction.relation is None or _relation_holds(order[0], order[1], instruction.relation):
+        if instruction.relation is None or relation_holds(order[0], order[1], instruction.relation):
             return True
     return False
 

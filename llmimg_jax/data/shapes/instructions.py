@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmimg_jax.data.shapes.constraints import KINDS, LINE_PHRASES, RELATION_PHRASES
+from llmimg_jax.data.shapes.constraints import KINDS, LINE_PHRASES, RELATION_PHRASES, RELATIONS, relation_holds
 from llmimg_jax.data.shapes.grammar import join_phrases, object_phrase
 from llmimg_jax.data.shapes.scene import ATTRIBUTES, Scene, ShapeObject, pick, sample_scene
 from llmimg_jax.data.shapes.spec import COLOURS, SHAPES, SIZES, ShapesError, cell_phrase
@@ -70,8 +70,7 @@ def instruction_for(kind: str, scene: Scene, rng: np.random.Generator, named=Non
         return text if len(named) == 4 else _background(rng, text, scene)  # all four + background = explicit
     if kind == "relation" and n == 2:
         a, b = (objs[0], objs[1]) if rng.random() < 0.5 else (objs[1], objs[0])
-        holds = [RELATION_PHRASES[r] for r, ok in (("left of", a.col < b.col), ("right of", a.col > b.col),
-                                                   ("above", a.row < b.row), ("below", a.row > b.row)) if ok]
+        holds = [RELATION_PHRASES[r] for r in RELATIONS if relation_holds(a, b, r)]
         phrases = [_singular(rng, o, named=[x for x, p in zip(ATTRIBUTES, (0.3, 0.8, 0.8)) if rng.random() < p])
                    for o in (a, b)]
         return _background(rng, f"{phrases[0]} {pick(rng, holds)} {phrases[1]}", scene)

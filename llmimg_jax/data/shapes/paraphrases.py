@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from llmimg_jax.data.shapes.constraints import KINDS, Instruction, ObjectPattern
+from llmimg_jax.data.shapes.constraints import KINDS, RELATIONS, Instruction, ObjectPattern, relation_holds
 from llmimg_jax.data.shapes.scene import ATTRIBUTES, Scene, ShapeObject, pick, sample_scene
 from llmimg_jax.data.shapes.spec import COLOURS, SHAPES, SIZES, ShapesError
 
@@ -170,8 +170,7 @@ def _instruction(kind: str, rng: np.random.Generator) -> tuple[Instruction, Scen
     if kind == "relation":
         scene = sample_scene(rng, 2)
         a, b = scene.objects if rng.random() < 0.5 else scene.objects[::-1]
-        holds = [r for r, ok in (("left of", a.col < b.col), ("right of", a.col > b.col),
-                                 ("above", a.row < b.row), ("below", a.row > b.row)) if ok]
+        holds = [r for r in RELATIONS if relation_holds(a, b, r)]
         patterns = tuple(_pattern(o, [x for x, p in zip(ATTRIBUTES, (0.3, 0.8, 0.8)) if rng.random() < p])
                          for o in (a, b))
         return Instruction(kind, patterns, _background(rng, scene), relation=pick(rng, holds)), scene

@@ -135,6 +135,7 @@ def _tiny_d_numpy(x, w, v):
 def test_r1_penalty_against_finite_differences():
     rng = np.random.default_rng(3)
     x = rng.uniform(-1, 1, size=(3, 4, 4, 3))
+    texts = rng.normal(size=(3, 2))
     w, v = rng.normal(size=(5, 48)) * 0.3, rng.normal(size=5)
     gamma = 10.0
     grads = np.zeros_like(x)
@@ -153,9 +154,14 @@ def test_r1_penalty_against_finite_differences():
 
     xj = jnp.asarray(x, jnp.float32)
     np.testing.assert_allclose(losses.r1_penalty(logit_fn, xj, gamma), want, rtol=1e-4)
-    lazy = jax.jit(lambda step: losses.lazy_r1_penalty(logit_fn, xj, gamma, 4, step % 4 == 0))
-    np.testing.assert_allclose(lazy(8), 4 * want, rtol=1e-4)
-    assert float(lazy(9)) == 0.0
+    # Every 2nd image: rows 0 and 2, each read with its own text (a text-dependent term shows a misaligned pair).
+    tj = jnp.asarray(texts, jnp.float32)
+    x_grads = grads + 2 * 0.7 * x * texts[:, :1, None, None]  # d/dx of 0.7 * t_b0 * sum(x_b^2)
+    want_strided = gamma / 2 * np.mean(np.sum(x_grads[::2].reshape(2, -1) ** 2, axis=1))
+    strided = jax.jit(lambda x, t: losses.strided_r1_penalty(
+        lambda im, tx: logit_fn(im) + 0.7 * tx[:, 0] * jnp.sum(im.reshape(im.shape[0], -1) ** 2, axis=1),
+        x, t, gamma, 2))
+    np.testing.assert_allclose(strided(xj, tj), want_strided, rtol=1e-4)
 
 
 def _sanity_data(key, b, size, dim, class_vecs):
@@ -201,8 +207,8 @@ def test_sanity_training_learns_matching():
                                update=True, mutable=["spectral"])
             real_out, fake_out = jax.tree.map(lambda a: a[:b], out), jax.tree.map(lambda a: a[b:], out)
             loss, _ = losses.discriminator_objective(real_out, fake_out, contrastive_weight=0.1)
-            logit_fn = lambda imgs: d.apply({"params": dp, **new}, imgs, pooled).logit
-            loss = loss + losses.lazy_r1_penalty(logit_fn, real, 0.1, 4, i % 4 == 0)
+            logit_fn = lambda imgs, texts: d.apply({"params": dp, **new}, imgs, texts).logit
+            loss = loss + losses.strided_r1_penalty(logit_fn, real, pooled, 0.1, 4)
             return loss, new["spectral"]
 
         (_, spectral_new), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)

@@ -4,7 +4,7 @@ Groups: `g` (generator, with EMA), `d` (discriminator), `d_spectral` (D's spectr
 each step through the runtime's "updates" metric, so they are checkpointed and resume exactly) and `text` (the
 GPT-2 text encoder: frozen, or trained with G when `text.trainable=True`).
 
-One train step runs two phases: D (hinge + matching-aware term + optional contrastive losses + lazy R1), then G
+One train step runs two phases: D (hinge + matching-aware term + optional contrastive losses + strided R1), then G
 (hinge + optional contrastive losses) against the D just updated. Both see DiffAugment-ed images. D reads the text
 through `stop_gradient`: the text encoder belongs to the generator's side, so the G loss cannot raise D's
 score by moving D's text input instead of improving the images.
@@ -41,7 +41,7 @@ def default_gan_config() -> ml_collections.ConfigDict:
         discriminator=dict(preset="32", channels=(), embed_dim=0),
         spectral_norm=True,       # on the discriminator
         r1_gamma=0.1,             # R1 weight on real images; 0: off
-        r1_every=4,               # lazy R1: every N steps, scaled by N
+        r1_every=4,               # R1 on every N-th real image of each batch (1/N of its cost)
         mismatch_weight=1.0,      # matching-aware term: real images with another example's caption are fake
         contrastive_weight=0.0,   # image-text InfoNCE in D and G (XMC-GAN); 0: off
         word_region_weight=0.0,   # word-region InfoNCE in D and G (XMC-GAN; D reads the token states); 0: off
@@ -71,7 +71,8 @@ def uses_word_region(gan: ml_collections.ConfigDict) -> bool:
 
 def _check(gan: ml_collections.ConfigDict) -> None:
     if int(gan.r1_every) < 1:
-        raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 every N steps); set gan.r1_gamma=0 to turn R1 off")
+        raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 on every N-th real image); set "
+                        f"gan.r1_gamma=0 to turn R1 off")
     weights = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight")
     if any(float(gan[w]) < 0 for w in weights):
         raise UserError(f"gan.{', gan.'.join(weights)} must be >= 0")
@@ -132,6 +133,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         return augment(images, rng) if gan.augment else images
 
     def d_loss_fn(params, batch, rng, step):
+        del step
         z_rng, aug_rng = jax.random.split(rng)
         cond = jax.lax.stop_gradient(text.condition(params["text"], batch["ids"], batch["attention_mask"]))
         fake = jax.lax.stop_gradient(fake_images(params, cond, z_rng))
@@ -146,8 +148,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         loss, metrics = losses.discriminator_objective(real_out, fake_out, mismatch_weight=float(gan.mismatch_weight),
                                                        **objective)
         if r1_gamma > 0:
-            logit_fn = lambda x: discriminator.apply({"params": params["d"], **new}, x, pooled).logit  # noqa: E731
-            r1 = losses.lazy_r1_penalty(logit_fn, real, r1_gamma, r1_every, step % r1_every == 0)
+            logit_fn = lambda x, t: discriminator.apply({"params": params["d"], **new}, x, t).logit  # noqa: E731
+            r1 = losses.strided_r1_penalty(logit_fn, real, pooled, r1_gamma, r1_every)
             loss, metrics["r1"] = loss + r1, r1
         if new:
             metrics["updates"] = {"d_spectral": new["spectral"]}

@@ -25,10 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, device_per_core: bool = False) -> int:
+    """Runs one command; `device_per_core`: first split the CPU into one JAX device per core (the `llmimg`
+    program does; a caller whose process already uses JAX cannot)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
+        if device_per_core:
+            from llmimg_jax.training.cpu_devices import set_cpu_devices
+
+            set_cpu_devices()
         parser = build_parser()
         # `--config.a.b=value` overrides are collected by the commands that take a config.
         args, extra = parser.parse_known_args(argv)
@@ -51,5 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> int:
+    """The `llmimg` program."""
+    return main(device_per_core=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -117,6 +117,32 @@ def test_g_loss_reaches_the_lm_only_when_trainable(trainable, data_dir, tmp_path
         assert all(v == 0.0 for v in norms.values()), norms
 
 
+def test_swap_background():
+    from llmimg_jax.generator.gan.task import swap_background
+
+    assert swap_background("a red circle at the top, on a black background") == \
+        "a red circle at the top, on a white background"
+    assert swap_background("two squares, on a white background") == "two squares, on a black background"
+    assert swap_background("a red circle at the top") == "a red circle at the top"
+
+
+def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeypatch):
+    """Real images with their background word swapped count as fake: the D loss grows by exactly that term."""
+    monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
+    with_term = make_task(_tiny(gan__hard_negative_weight=1.0), str(tmp_path))
+    without = make_task(_tiny(), str(tmp_path))
+    params = nn.unbox(with_term.init(jax.random.key(0)))
+    batch = jax.tree.map(jnp.asarray, next(with_term.batches(0, make_mesh(_tiny().mesh))))
+    assert float(batch["neg_valid"].sum()) > 0  # Shapes descriptions name their background
+    changed = np.any(np.asarray(batch["neg_ids"]) != np.asarray(batch["ids"]), axis=1)
+    np.testing.assert_array_equal(changed, np.asarray(batch["neg_valid"]) > 0)
+    loss, metrics = jax.jit(lambda p: with_term.phases[0].loss_fn(p, batch, jax.random.key(1), 0))(params)
+    plain = {k: v for k, v in batch.items() if not k.startswith("neg_")}
+    loss0, metrics0 = jax.jit(lambda p: without.phases[0].loss_fn(p, plain, jax.random.key(1), 0))(params)
+    assert "d_hard_negative" not in metrics0 and float(metrics["d_hard_negative"]) > 0
+    np.testing.assert_allclose(loss, loss0 + metrics["d_hard_negative"], rtol=1e-5, atol=1e-6)
+
+
 def _run(argv):
     from llmimg_jax.cli.main import main
     assert main(argv) == 0

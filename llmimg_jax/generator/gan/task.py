@@ -13,9 +13,12 @@ score by moving D's text input instead of improving the images.
 from __future__ import annotations
 
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from llmimg_jax.data.pipeline import Pipeline
 from llmimg_jax.data.sources import make_source
@@ -45,6 +48,7 @@ def default_gan_config() -> ml_collections.ConfigDict:
         mismatch_weight=1.0,      # matching-aware term: real images with another example's caption are fake
         contrastive_weight=0.0,   # image-text InfoNCE in D and G (XMC-GAN); 0: off
         word_region_weight=0.0,   # word-region InfoNCE in D and G (XMC-GAN; D reads the token states); 0: off
+        hard_negative_weight=0.0,  # D: a real image with its caption's background word swapped is fake; 0: off
         temperature=0.1,          # of both contrastive losses
         augment=True,             # DiffAugment (caption-safe) on real and fake images
         d_lr=0.0,                 # discriminator learning rate; 0: train.lr
@@ -98,6 +102,14 @@ def make_init(generator: Generator, discriminator: Discriminator, text: TextSide
     return init
 
 
+_BACKGROUND = re.compile(r"\bon a (black|white) background\b")
+
+
+def swap_background(caption: str) -> str:
+    """The caption with its background word swapped (black <-> white); unchanged when it names none."""
+    return _BACKGROUND.sub(lambda m: f"on a {'white' if m.group(1) == 'black' else 'black'} background", caption)
+
+
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     gan = config.gan
     _check(gan)
@@ -106,8 +118,20 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     generator, discriminator = build_generator(config), build_discriminator(config)
     size, z_dim = int(config.data.image_size), generator.config.z_dim
     sampler = GANGenerator(generator, text, gan, size)
+    hard_weight = float(gan.get("hard_negative_weight", 0.0))
+    base_preprocess = image_and_tokens(text)
+
+    def preprocess(example, rng):
+        out = base_preprocess(example, rng)
+        if hard_weight:
+            negative = swap_background(example["text"])
+            row = text.token_row(negative)
+            out.update(neg_ids=row["ids"], neg_mask=row["attention_mask"],
+                       neg_valid=np.float32(negative != example["text"]))
+        return out
+
     pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
-                        preprocess=image_and_tokens(text), shuffle=config.data.shuffle, prefetch=config.data.prefetch)
+                        preprocess=preprocess, shuffle=config.data.shuffle, prefetch=config.data.prefetch)
     r1_gamma, r1_every = float(gan.r1_gamma), int(gan.r1_every)
     word_region = uses_word_region(gan)
     objective = dict(contrastive_weight=float(gan.contrastive_weight), temperature=float(gan.temperature),
@@ -147,6 +171,12 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         real_out, fake_out = (jax.tree.map(lambda a, s=s: a[s], out) for s in (slice(None, b), slice(b, None)))
         loss, metrics = losses.discriminator_objective(real_out, fake_out, mismatch_weight=float(gan.mismatch_weight),
                                                        **objective)
+        if hard_weight:
+            negative = jax.lax.stop_gradient(text.condition(params["text"], batch["neg_ids"], batch["neg_mask"]))
+            logit = discriminator.apply({"params": params["d"], **new}, real, negative["pooled"]).logit
+            valid = batch["neg_valid"]
+            hard = jnp.sum(jax.nn.relu(1.0 + logit) * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+            loss, metrics["d_hard_negative"] = loss + hard_weight * hard, hard
         if r1_gamma > 0:
             logit_fn = lambda x, t: discriminator.apply({"params": params["d"], **new}, x, t).logit  # noqa: E731
             r1 = losses.strided_r1_penalty(logit_fn, real, pooled, r1_gamma, r1_every)

@@ -41,6 +41,14 @@ def test_hinge_losses_against_numpy():
     np.testing.assert_allclose(losses.g_hinge_loss(f32(fake)), -fake.mean(), rtol=1e-6)
 
 
+def test_masked_fake_hinge_against_numpy():
+    logit = np.array([-2.0, 0.5, -0.3, 3.0], np.float32)
+    valid = np.array([1.0, 1.0, 0.0, 1.0], np.float32)
+    want = _relu(1 + logit)[valid > 0].mean()
+    np.testing.assert_allclose(losses.masked_fake_hinge(jnp.asarray(logit), jnp.asarray(valid)), want, rtol=1e-6)
+    assert float(losses.masked_fake_hinge(jnp.asarray(logit), jnp.zeros(4))) == 0.0
+
+
 def test_matching_aware_and_objectives_against_numpy():
     rng = np.random.default_rng(1)
     b, d = 6, 5

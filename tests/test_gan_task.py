@@ -117,15 +117,6 @@ def test_g_loss_reaches_the_lm_only_when_trainable(trainable, data_dir, tmp_path
         assert all(v == 0.0 for v in norms.values()), norms
 
 
-def test_swap_background():
-    from llmimg_jax.generator.gan.task import swap_background
-
-    assert swap_background("a red circle at the top, on a black background") == \
-        "a red circle at the top, on a white background"
-    assert swap_background("two squares, on a white background") == "two squares, on a black background"
-    assert swap_background("a red circle at the top") == "a red circle at the top"
-
-
 def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeypatch):
     """Real images with their background word swapped count as fake: the D loss grows by exactly that term."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)

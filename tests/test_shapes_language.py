@@ -8,7 +8,7 @@ import pytest
 
 from llmimg_jax.data.shapes.constraints import KINDS, parse_instruction, satisfies
 from llmimg_jax.data.shapes.edits import FORMS, apply_edit, parse_edit, sample_edit
-from llmimg_jax.data.shapes.grammar import describe, parse_description
+from llmimg_jax.data.shapes.grammar import describe, parse_description, swap_background
 from llmimg_jax.data.shapes.instructions import instructions_for, sample_example, sample_instruction
 from llmimg_jax.data.shapes.scene import Scene, ShapeObject, sample_scene
 from llmimg_jax.data.shapes.spec import ALL_CELLS, COLOURS, SHAPES, SIZES, ShapesError
@@ -255,3 +255,10 @@ def test_sampled_edits_cover_all_forms_and_change_one_thing():
                 assert diff == {edit.form} and getattr(changed, edit.form) == edit.value
         assert parse_description(describe(new)) == new
     assert set(forms) == set(FORMS)
+
+
+def test_swap_background():
+    assert swap_background("a red circle at the top, on a black background") == \
+        "a red circle at the top, on a white background"
+    assert swap_background("two squares, on a white background") == "two squares, on a black background"
+    assert swap_background("a red circle at the top") == "a red circle at the top"

@@ -23,6 +23,7 @@ _OTHER_CELLS = [name for name in CELL_NAMES.values() if name != "center"]
 CELL_PHRASE_RE = rf"(?:in the (center)|at the ({_alternatives(_OTHER_CELLS)}))"
 _OBJECT = re.compile(rf"a ({SIZE_RE}) ({COLOUR_RE}) ({SHAPE_RE}) {CELL_PHRASE_RE}")
 _DESCRIPTION = re.compile(rf"(.+), on a ({BACKGROUND_RE}) background")
+_BACKGROUND_PHRASE = re.compile(rf"\bon a ({BACKGROUND_RE}) background\b")
 
 
 def cell_of(center: str | None, other: str | None) -> tuple[int, int]:
@@ -48,6 +49,14 @@ def object_phrase(obj: ShapeObject) -> str:
 def describe(scene: Scene) -> str:
     """The canonical description: every object in reading order, then the background."""
     return join_phrases([object_phrase(o) for o in scene.objects]) + f", on a {scene.background} background"
+
+
+def swap_background(text: str) -> str:
+    """`text` with the background it names ("on a black background") turned into the other one; unchanged when it
+    names none. The GAN's hard negatives: a real image with this caption is a mismatch."""
+    names = list(BACKGROUNDS)
+    return _BACKGROUND_PHRASE.sub(lambda m: f"on a {names[(names.index(m.group(1)) + 1) % len(names)]} background",
+                                  text)
 
 
 def parse_description(text: str) -> Scene:

@@ -27,6 +27,11 @@ def d_hinge_loss(real_logit: Array, fake_logit: Array, mismatch_logit: Array | N
     return loss
 
 
+def masked_fake_hinge(logit: Array, valid: Array) -> Array:
+    """E[relu(1 + D(x, t'))] over the rows with valid = 1 (0 when none is): mismatched pairs scored as fake."""
+    return jnp.sum(jax.nn.relu(1.0 + logit) * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
 def g_hinge_loss(fake_logit: Array) -> Array:
     return -jnp.mean(fake_logit)
 

@@ -13,14 +13,13 @@ score by moving D's text input instead of improving the images.
 from __future__ import annotations
 
 
-import re
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from llmimg_jax.data.pipeline import Pipeline
+from llmimg_jax.data.shapes.grammar import swap_background
 from llmimg_jax.data.sources import make_source
 from llmimg_jax.errors import UserError
 from llmimg_jax.generator.diffusion.task import image_and_tokens
@@ -102,14 +101,6 @@ def make_init(generator: Generator, discriminator: Discriminator, text: TextSide
     return init
 
 
-_BACKGROUND = re.compile(r"\bon a (black|white) background\b")
-
-
-def swap_background(caption: str) -> str:
-    """The caption with its background word swapped (black <-> white); unchanged when it names none."""
-    return _BACKGROUND.sub(lambda m: f"on a {'white' if m.group(1) == 'black' else 'black'} background", caption)
-
-
 def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     gan = config.gan
     _check(gan)
@@ -174,8 +165,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         if hard_weight:
             negative = jax.lax.stop_gradient(text.condition(params["text"], batch["neg_ids"], batch["neg_mask"]))
             logit = discriminator.apply({"params": params["d"], **new}, real, negative["pooled"]).logit
-            valid = batch["neg_valid"]
-            hard = jnp.sum(jax.nn.relu(1.0 + logit) * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+            hard = losses.masked_fake_hinge(logit, batch["neg_valid"])
             loss, metrics["d_hard_negative"] = loss + hard_weight * hard, hard
         if r1_gamma > 0:
             logit_fn = lambda x, t: discriminator.apply({"params": params["d"], **new}, x, t).logit  # noqa: E731

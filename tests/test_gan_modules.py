@@ -129,6 +129,13 @@ def test_discriminator_outputs_and_projection(disc):
     assert np.abs(np.asarray(other.projection - out.projection)).min() > 1e-4
     both = d.apply(variables, images, pooled, pooled[::-1])
     np.testing.assert_allclose(both.mismatch_logit, other.logit, rtol=1e-5, atol=1e-5)
+    # K other captions per image ([K, B, D]): K rows of logits, each as if D had been called with that caption.
+    shifted = pooled[np.roll(np.arange(B), 1)]
+    several = d.apply(variables, images, pooled, jnp.stack([pooled[::-1], shifted]))
+    assert several.mismatch_logit.shape == (2, B)
+    np.testing.assert_allclose(several.mismatch_logit[0], other.logit, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(several.mismatch_logit[1], apply(variables, images, shifted).logit, rtol=1e-5,
+                               atol=1e-5)
     _check_names(variables)
     # Training call: u is refined and stored; the matched and mismatched logits share one estimate.
     train = jax.jit(lambda v, x, t: d.apply(v, x, t, t, update=True, mutable=["spectral"]))

@@ -117,21 +117,25 @@ def test_g_loss_reaches_the_lm_only_when_trainable(trainable, data_dir, tmp_path
         assert all(v == 0.0 for v in norms.values()), norms
 
 
-def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeypatch):
-    """Real images with their background word swapped count as fake: the D loss grows by exactly that term."""
+@pytest.mark.parametrize("kinds", ["background", "background,colour"])
+def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeypatch, kinds):
+    """Real images with one word of their caption swapped count as fake: one of K captions per kind, valid where
+    the caption changed, and the D loss grows by exactly that term."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
-    with_term = make_task(_tiny(gan__hard_negative_weight=1.0), str(tmp_path))
-    without = make_task(_tiny(), str(tmp_path))
+    config = _tiny(gan__hard_negative_weight=1.0, gan__hard_negatives=kinds)
+    with_term, without = make_task(config, str(tmp_path)), make_task(_tiny(), str(tmp_path))
     params = nn.unbox(with_term.init(jax.random.key(0)))
     batch = jax.tree.map(jnp.asarray, next(with_term.batches(0, make_mesh(_tiny().mesh))))
-    assert float(batch["neg_valid"].sum()) > 0  # Shapes descriptions name their background
-    changed = np.any(np.asarray(batch["neg_ids"]) != np.asarray(batch["ids"]), axis=1)
+    b, k = batch["ids"].shape[0], len(kinds.split(","))
+    assert batch["neg_ids"].shape == (b, k, batch["ids"].shape[1]) and float(batch["neg_valid"].sum()) > 0
+    changed = np.any(np.asarray(batch["neg_ids"]) != np.asarray(batch["ids"])[:, None], axis=2)
     np.testing.assert_array_equal(changed, np.asarray(batch["neg_valid"]) > 0)
     loss, metrics = jax.jit(lambda p: with_term.phases[0].loss_fn(p, batch, jax.random.key(1), 0))(params)
     plain = {k: v for k, v in batch.items() if not k.startswith("neg_")}
     loss0, metrics0 = jax.jit(lambda p: without.phases[0].loss_fn(p, plain, jax.random.key(1), 0))(params)
-    assert "d_hard_negative" not in metrics0 and float(metrics["d_hard_negative"]) > 0
+    assert "d_hard_negative" not in metrics0
     np.testing.assert_allclose(loss, loss0 + metrics["d_hard_negative"], rtol=1e-5, atol=1e-6)
+    assert float(metrics["d_hard_negative"]) > 0
 
 
 def _run(argv):

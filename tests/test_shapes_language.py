@@ -8,7 +8,7 @@ import pytest
 
 from llmimg_jax.data.shapes.constraints import KINDS, parse_instruction, satisfies
 from llmimg_jax.data.shapes.edits import FORMS, apply_edit, parse_edit, sample_edit
-from llmimg_jax.data.shapes.grammar import describe, parse_description, swap_background
+from llmimg_jax.data.shapes.grammar import describe, parse_description, swap_background, swap_colour
 from llmimg_jax.data.shapes.instructions import instructions_for, sample_example, sample_instruction
 from llmimg_jax.data.shapes.scene import Scene, ShapeObject, sample_scene
 from llmimg_jax.data.shapes.spec import ALL_CELLS, COLOURS, SHAPES, SIZES, ShapesError
@@ -262,3 +262,17 @@ def test_swap_background():
         "a red circle at the top, on a white background"
     assert swap_background("two squares, on a white background") == "two squares, on a black background"
     assert swap_background("a red circle at the top") == "a red circle at the top"
+
+
+def test_swap_colour_changes_one_named_colour():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        swapped = swap_colour(SPEC_TEXT, rng)
+        before, after = parse_description(SPEC_TEXT), parse_description(swapped)
+        diffs = [(a, b) for a, b in zip(before.objects, after.objects) if a != b]
+        assert len(diffs) == 1 and diffs[0][0].colour != diffs[0][1].colour
+        assert dataclasses.replace(diffs[0][0], colour=diffs[0][1].colour) == diffs[0][1]
+        seen.add((diffs[0][0].cell, diffs[0][1].colour))
+    assert len(seen) > 6  # every object and several colours get picked
+    assert swap_colour("two squares, on a white background", rng) == "two squares, on a white background"

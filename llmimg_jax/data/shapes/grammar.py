@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from llmimg_jax.data.shapes.scene import Scene, ShapeObject
 from llmimg_jax.data.shapes.spec import (BACKGROUNDS, CELL_NAMES, CELLS_BY_NAME, COLOURS, SHAPES, SIZES, ShapesError,
                                          cell_phrase)
@@ -24,6 +26,7 @@ CELL_PHRASE_RE = rf"(?:in the (center)|at the ({_alternatives(_OTHER_CELLS)}))"
 _OBJECT = re.compile(rf"a ({SIZE_RE}) ({COLOUR_RE}) ({SHAPE_RE}) {CELL_PHRASE_RE}")
 _DESCRIPTION = re.compile(rf"(.+), on a ({BACKGROUND_RE}) background")
 _BACKGROUND_PHRASE = re.compile(rf"\bon a ({BACKGROUND_RE}) background\b")
+_OBJECT_NAME = re.compile(rf"\ba ({SIZE_RE}) ({COLOUR_RE}) ({SHAPE_RE})\b")
 
 
 def cell_of(center: str | None, other: str | None) -> tuple[int, int]:
@@ -57,6 +60,17 @@ def swap_background(text: str) -> str:
     names = list(BACKGROUNDS)
     return _BACKGROUND_PHRASE.sub(lambda m: f"on a {names[(names.index(m.group(1)) + 1) % len(names)]} background",
                                   text)
+
+
+def swap_colour(text: str, rng: np.random.Generator) -> str:
+    """`text` with the colour of one object it names ("a small red circle"), chosen by `rng`, turned into another
+    colour; unchanged when it names none. The GAN's hard negatives, like `swap_background`."""
+    found = list(_OBJECT_NAME.finditer(text))
+    if not found:
+        return text
+    m = found[int(rng.integers(len(found)))]
+    colour = str(rng.choice([c for c in COLOURS if c != m.group(2)]))
+    return text[:m.start(2)] + colour + text[m.end(2):]
 
 
 def parse_description(text: str) -> Scene:

@@ -73,7 +73,7 @@ class DOutput(NamedTuple):
     projection: Array                # [B] <embed(text), phi(x)>
     image_embedding: Array           # [B, E] for the contrastive loss
     text_embedding: Array            # [B, E]
-    mismatch_logit: Optional[Array]  # [B] logit of the same images with `mismatched_pooled`, if given
+    mismatch_logit: Optional[Array]  # [B] (or [K, B]) logits of the same images with `mismatched_pooled`, if given
     region_embedding: Optional[Array] = None  # [B, R, E] with `tokens`: one per position of the region map
     word_embedding: Optional[Array] = None    # [B, T, E] with `tokens`
     word_mask: Optional[Array] = None         # [B, T] True for real tokens
@@ -110,8 +110,9 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, images: Array, pooled: Array, mismatched_pooled: Optional[Array] = None,
                  update: bool = False, tokens: Optional[Array] = None, token_mask: Optional[Array] = None) -> DOutput:
-        """images [B, S, S, 3] in [-1, 1]; pooled (and mismatched_pooled) text vectors [B, D]; optionally the
-        text's token states [B, T, D] and their mask [B, T] for the word-region embeddings."""
+        """images [B, S, S, 3] in [-1, 1]; pooled text vectors [B, D]; mismatched_pooled [B, D], or [K, B, D] for K
+        other captions of each image; optionally the text's token states [B, T, D] and their mask [B, T] for the
+        word-region embeddings."""
         cfg = self.config
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(f"discriminator expects [B, {cfg.image_size}, {cfg.image_size}, 3], got {images.shape}")
@@ -130,14 +131,17 @@ class Discriminator(nn.Module):
             w = w * jax.lax.rsqrt(jnp.sum(w * w) + 1e-12)
         uncond = phi @ w + b
 
-        texts = pooled if mismatched_pooled is None else jnp.concatenate([pooled, mismatched_pooled])
-        # One call embeds both captions, so they share one spectral-norm estimate (u is refined once).
+        n = phi.shape[0]
+        others = None if mismatched_pooled is None else mismatched_pooled.reshape(-1, pooled.shape[-1])
+        texts = pooled if others is None else jnp.concatenate([pooled, others])
+        # One call embeds all captions, so they share one spectral-norm estimate (u is refined once).
         embedded = SNDense(phi.shape[-1], ("embed", "conv_out"), use_bias=False, name="text_embed", **sn)(
             texts, update).astype(jnp.float32)
-        projection = jnp.sum(embedded[:phi.shape[0]] * phi, axis=-1)
+        projection = jnp.sum(embedded[:n] * phi, axis=-1)
         mismatch = None
-        if mismatched_pooled is not None:  # the same images with other captions: phi is reused
-            mismatch = uncond + jnp.sum(embedded[phi.shape[0]:] * phi, axis=-1)
+        if others is not None:  # the same images with other captions: phi is reused
+            mismatch = uncond + jnp.sum(embedded[n:].reshape(-1, n, phi.shape[-1]) * phi, axis=-1)
+            mismatch = mismatch.reshape(mismatched_pooled.shape[:-1])
         image_emb = SNDense(cfg.embed_dim, ("conv_out", "mlp"), name="image_proj", **sn)(phi, update)
         text_emb = SNDense(cfg.embed_dim, ("embed", "mlp"), name="text_proj", **sn)(pooled, update)
         regions = words = None

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from llmimg_jax.data.pipeline import Pipeline
-from llmimg_jax.data.shapes.grammar import swap_background
+from llmimg_jax.data.shapes.grammar import swap_background, swap_colour
 from llmimg_jax.data.sources import make_source
 from llmimg_jax.errors import UserError
 from llmimg_jax.generator.diffusion.task import image_and_tokens
@@ -47,7 +47,8 @@ def default_gan_config() -> ml_collections.ConfigDict:
         mismatch_weight=1.0,      # matching-aware term: real images with another example's caption are fake
         contrastive_weight=0.0,   # image-text InfoNCE in D and G (XMC-GAN); 0: off
         word_region_weight=0.0,   # word-region InfoNCE in D and G (XMC-GAN; D reads the token states); 0: off
-        hard_negative_weight=0.0,  # D: a real image with its caption's background word swapped is fake; 0: off
+        hard_negative_weight=0.0,  # D: a real image with one word of its caption swapped is fake; 0: off
+        hard_negatives="background",  # which words: "background", "colour" or "background,colour"
         temperature=0.1,          # of both contrastive losses
         augment=True,             # DiffAugment (caption-safe) on real and fake images
         d_lr=0.0,                 # discriminator learning rate; 0: train.lr
@@ -81,6 +82,18 @@ def _check(gan: ml_collections.ConfigDict) -> None:
         raise UserError(f"gan.{', gan.'.join(weights)} must be >= 0")
     if (float(gan.contrastive_weight) or float(gan.word_region_weight)) and float(gan.temperature) <= 0:
         raise UserError(f"gan.temperature={gan.temperature} must be > 0 when a contrastive weight is set")
+    unknown = set(hard_negative_kinds(gan)) - set(HARD_NEGATIVES)
+    if unknown or not hard_negative_kinds(gan):
+        raise UserError(f"gan.hard_negatives={gan.get('hard_negatives')!r} names {sorted(unknown) or 'nothing'}; "
+                        f"use a comma-separated choice of {', '.join(HARD_NEGATIVES)}")
+
+
+# A real image with its caption changed by one of these is a mismatch (rng picks which object, and its new colour).
+HARD_NEGATIVES = {"background": lambda text, rng: swap_background(text), "colour": swap_colour}
+
+
+def hard_negative_kinds(gan: ml_collections.ConfigDict) -> list[str]:
+    return [k.strip() for k in str(gan.get("hard_negatives", "background")).split(",") if k.strip()]
 
 
 def make_init(generator: Generator, discriminator: Discriminator, text: TextSide, size: int, word_region: bool):
@@ -110,15 +123,17 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     size, z_dim = int(config.data.image_size), generator.config.z_dim
     sampler = GANGenerator(generator, text, gan, size)
     hard_weight = float(gan.get("hard_negative_weight", 0.0))
+    swaps = [HARD_NEGATIVES[k] for k in hard_negative_kinds(gan)]
     base_preprocess = image_and_tokens(text)
 
     def preprocess(example, rng):
         out = base_preprocess(example, rng)
-        if hard_weight:
-            negative = swap_background(example["text"])
-            row = text.token_row(negative)
-            out.update(neg_ids=row["ids"], neg_mask=row["attention_mask"],
-                       neg_valid=np.float32(negative != example["text"]))
+        if hard_weight:  # [K, T] ids and mask, [K] valid: one caption per kind (valid: it changed)
+            negatives = [swap(example["text"], rng) for swap in swaps]
+            rows = [text.token_row(n) for n in negatives]
+            out.update(neg_ids=np.stack([r["ids"] for r in rows]),
+                       neg_mask=np.stack([r["attention_mask"] for r in rows]),
+                       neg_valid=np.array([n != example["text"] for n in negatives], np.float32))
         return out
 
     pipeline = Pipeline(source, global_batch_size=int(config.train.batch_size), seed=config.seed,
@@ -147,6 +162,15 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     def maybe_augment(images, rng):
         return augment(images, rng) if gan.augment else images
 
+    def hard_negative_texts(params, batch, pooled):
+        """[K, 2B, D]: the pooled hard-negative captions of the B reals; the fakes' rows hold their own caption
+        (D scores them, the loss ignores them: one D pass with no ragged shapes)."""
+        b, k, length = batch["neg_ids"].shape
+        flat = lambda a: a.reshape(b * k, length)  # noqa: E731
+        negative = text.condition(params["text"], flat(batch["neg_ids"]), flat(batch["neg_mask"]))["pooled"]
+        negative = jax.lax.stop_gradient(negative).reshape(b, k, -1).transpose(1, 0, 2)
+        return jnp.concatenate([negative, jnp.broadcast_to(pooled, negative.shape)], axis=1)
+
     def d_loss_fn(params, batch, rng, step):
         del step
         z_rng, aug_rng = jax.random.split(rng)
@@ -157,15 +181,18 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         real = maybe_augment(batch["image"], aug_rng)
         images, texts = jnp.concatenate([real, maybe_augment(fake, aug_rng)]), jnp.concatenate([pooled, pooled])
         # One D pass over reals and fakes; rows [:b] of the rolled captions are the reals' mismatched captions.
-        out, new = discriminator.apply(d_vars(params), images, texts, losses.mismatched_text(texts), update=True,
+        others = losses.mismatched_text(texts)
+        if hard_weight:  # [1 + K, 2B, D]: the rolled captions, then per kind the reals' hard negatives
+            others = jnp.concatenate([others[None], hard_negative_texts(params, batch, pooled)])
+        out, new = discriminator.apply(d_vars(params), images, texts, others, update=True,
                                        mutable=["spectral"], **d_tokens(cond, 2))
+        if hard_weight:
+            hard_logit, out = out.mismatch_logit[1:, :b], out._replace(mismatch_logit=out.mismatch_logit[0])
         real_out, fake_out = (jax.tree.map(lambda a, s=s: a[s], out) for s in (slice(None, b), slice(b, None)))
         loss, metrics = losses.discriminator_objective(real_out, fake_out, mismatch_weight=float(gan.mismatch_weight),
                                                        **objective)
         if hard_weight:
-            negative = jax.lax.stop_gradient(text.condition(params["text"], batch["neg_ids"], batch["neg_mask"]))
-            logit = discriminator.apply({"params": params["d"], **new}, real, negative["pooled"]).logit
-            hard = losses.masked_fake_hinge(logit, batch["neg_valid"])
+            hard = losses.masked_fake_hinge(hard_logit, batch["neg_valid"].T)
             loss, metrics["d_hard_negative"] = loss + hard_weight * hard, hard
         if r1_gamma > 0:
             logit_fn = lambda x, t: discriminator.apply({"params": params["d"], **new}, x, t).logit  # noqa: E731

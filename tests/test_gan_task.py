@@ -120,9 +120,9 @@ def test_g_loss_reaches_the_lm_only_when_trainable(trainable, data_dir, tmp_path
 @pytest.mark.parametrize("kinds", ["background", "background,colour"])
 def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeypatch, kinds):
     """Real images with one word of their caption swapped count as fake: one of K captions per kind, valid where
-    the caption changed, and the D loss grows by exactly that term."""
+    the caption changed, and from gan.hard_negative_start on the D loss grows by exactly that term."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
-    config = _tiny(gan__hard_negative_weight=1.0, gan__hard_negatives=kinds)
+    config = _tiny(gan__hard_negative_weight=1.0, gan__hard_negatives=kinds, gan__hard_negative_start=5)
     with_term, without = make_task(config, str(tmp_path)), make_task(_tiny(), str(tmp_path))
     params = nn.unbox(with_term.init(jax.random.key(0)))
     batch = jax.tree.map(jnp.asarray, next(with_term.batches(0, make_mesh(_tiny().mesh))))
@@ -130,12 +130,28 @@ def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeyp
     assert batch["neg_ids"].shape == (b, k, batch["ids"].shape[1]) and float(batch["neg_valid"].sum()) > 0
     changed = np.any(np.asarray(batch["neg_ids"]) != np.asarray(batch["ids"])[:, None], axis=2)
     np.testing.assert_array_equal(changed, np.asarray(batch["neg_valid"]) > 0)
-    loss, metrics = jax.jit(lambda p: with_term.phases[0].loss_fn(p, batch, jax.random.key(1), 0))(params)
+    d_loss = jax.jit(lambda p, step: with_term.phases[0].loss_fn(p, batch, jax.random.key(1), step))
     plain = {k: v for k, v in batch.items() if not k.startswith("neg_")}
     loss0, metrics0 = jax.jit(lambda p: without.phases[0].loss_fn(p, plain, jax.random.key(1), 0))(params)
     assert "d_hard_negative" not in metrics0
+    before, before_metrics = d_loss(params, jnp.int32(4))  # logged, not counted
+    np.testing.assert_allclose(before, loss0, rtol=1e-5, atol=1e-6)
+    loss, metrics = d_loss(params, jnp.int32(5))
     np.testing.assert_allclose(loss, loss0 + metrics["d_hard_negative"], rtol=1e-5, atol=1e-6)
     assert float(metrics["d_hard_negative"]) > 0
+    np.testing.assert_allclose(before_metrics["d_hard_negative"], metrics["d_hard_negative"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("r1_every", 0, "r1_every=0 must be >= 1"),
+    ("hard_negative_weight", -1.0, "must be >= 0"),
+    ("hard_negative_start", -1, "must be >= 0"),
+    ("hard_negatives", "background,shape", r"names \['shape'\]"),
+    ("hard_negatives", " , ", "names nothing"),
+])
+def test_bad_gan_settings_are_refused_before_any_work(tmp_path, key, value, message):
+    with pytest.raises(UserError, match=message):
+        make_task(_tiny(**{f"gan__{key}": value}), str(tmp_path))
 
 
 def _run(argv):

@@ -49,6 +49,7 @@ def default_gan_config() -> ml_collections.ConfigDict:
         word_region_weight=0.0,   # word-region InfoNCE in D and G (XMC-GAN; D reads the token states); 0: off
         hard_negative_weight=0.0,  # D: a real image with one word of its caption swapped is fake; 0: off
         hard_negatives="background",  # which words: "background", "colour" or "background,colour"
+        hard_negative_start=0,    # the step from which the hard-negative term counts (once G draws the objects)
         temperature=0.1,          # of both contrastive losses
         augment=True,             # DiffAugment (caption-safe) on real and fake images
         d_lr=0.0,                 # discriminator learning rate; 0: train.lr
@@ -77,8 +78,9 @@ def _check(gan: ml_collections.ConfigDict) -> None:
     if int(gan.r1_every) < 1:
         raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 on every N-th real image); set "
                         f"gan.r1_gamma=0 to turn R1 off")
-    weights = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight")
-    if any(float(gan[w]) < 0 for w in weights):
+    weights = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight", "hard_negative_weight",
+               "hard_negative_start")
+    if any(float(gan.get(w, 0)) < 0 for w in weights):
         raise UserError(f"gan.{', gan.'.join(weights)} must be >= 0")
     if (float(gan.contrastive_weight) or float(gan.word_region_weight)) and float(gan.temperature) <= 0:
         raise UserError(f"gan.temperature={gan.temperature} must be > 0 when a contrastive weight is set")
@@ -123,6 +125,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     size, z_dim = int(config.data.image_size), generator.config.z_dim
     sampler = GANGenerator(generator, text, gan, size)
     hard_weight = float(gan.get("hard_negative_weight", 0.0))
+    hard_start = int(gan.get("hard_negative_start", 0))
     swaps = [HARD_NEGATIVES[k] for k in hard_negative_kinds(gan)]
     base_preprocess = image_and_tokens(text)
 
@@ -172,7 +175,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         return jnp.concatenate([negative, jnp.broadcast_to(pooled, negative.shape)], axis=1)
 
     def d_loss_fn(params, batch, rng, step):
-        del step
         z_rng, aug_rng = jax.random.split(rng)
         cond = jax.lax.stop_gradient(text.condition(params["text"], batch["ids"], batch["attention_mask"]))
         fake = jax.lax.stop_gradient(fake_images(params, cond, z_rng))
@@ -193,7 +195,10 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
                                                        **objective)
         if hard_weight:
             hard = losses.masked_fake_hinge(hard_logit, batch["neg_valid"].T)
-            loss, metrics["d_hard_negative"] = loss + hard_weight * hard, hard
+            # Before hard_negative_start the term is logged but adds nothing: from scratch it pulls D onto the
+            # swapped words before G draws any objects (README, "GAN: what was tried").
+            weight = jnp.where(step >= hard_start, hard_weight, 0.0)
+            loss, metrics["d_hard_negative"] = loss + weight * hard, hard
         if r1_gamma > 0:
             logit_fn = lambda x, t: discriminator.apply({"params": params["d"], **new}, x, t).logit  # noqa: E731
             r1 = losses.strided_r1_penalty(logit_fn, real, pooled, r1_gamma, r1_every)

@@ -144,8 +144,8 @@ def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeyp
 
 @pytest.mark.parametrize("key, value, message", [
     ("r1_every", 0, "r1_every=0 must be >= 1"),
-    ("hard_negative_weight", -1.0, "must be >= 0"),
-    ("hard_negative_start", -1, "must be >= 0"),
+    ("hard_negative_weight", -1.0, r"hard_negative_weight=-1.0 must be >= 0"),
+    ("hard_negative_start", -1, "hard_negative_start=-1 must be >= 0"),
     ("hard_negatives", "background,shape", r"names \['shape'\]"),
     ("hard_negatives", " , ", "names nothing"),
 ])

@@ -78,10 +78,11 @@ def _check(gan: ml_collections.ConfigDict) -> None:
     if int(gan.r1_every) < 1:
         raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 on every N-th real image); set "
                         f"gan.r1_gamma=0 to turn R1 off")
-    weights = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight", "hard_negative_weight",
-               "hard_negative_start")
-    if any(float(gan.get(w, 0)) < 0 for w in weights):
-        raise UserError(f"gan.{', gan.'.join(weights)} must be >= 0")
+    non_negative = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight",
+                    "hard_negative_weight", "hard_negative_start")
+    for name in non_negative:
+        if float(gan.get(name, 0)) < 0:
+            raise UserError(f"gan.{name}={gan[name]} must be >= 0 (0 turns the term off or starts it at once)")
     if (float(gan.contrastive_weight) or float(gan.word_region_weight)) and float(gan.temperature) <= 0:
         raise UserError(f"gan.temperature={gan.temperature} must be > 0 when a contrastive weight is set")
     unknown = set(hard_negative_kinds(gan)) - set(HARD_NEGATIVES)

@@ -49,6 +49,16 @@ def test_masked_fake_hinge_against_numpy():
     assert float(losses.masked_fake_hinge(jnp.asarray(logit), jnp.zeros(4))) == 0.0
 
 
+def test_saturation_penalty_against_numpy_and_its_gradient_pulls_back():
+    logits = np.array([[-22.0, -3.5, 0.0], [2.9, 3.0, 80.0]])
+    want = np.mean(np.maximum(np.abs(logits) - 3.0, 0.0) ** 2)  # float64
+    np.testing.assert_allclose(losses.saturation_penalty(jnp.asarray(logits, jnp.float32), 3.0), want, rtol=1e-6)
+    grad = np.asarray(jax.grad(lambda a: losses.saturation_penalty(a, 3.0))(jnp.asarray(logits, jnp.float32)))
+    # Zero inside the bound; outside it a descent step moves the input back toward it.
+    np.testing.assert_array_equal(grad == 0, np.abs(logits) <= 3.0)
+    assert np.all(np.sign(-grad[np.abs(logits) > 3.0]) == -np.sign(logits[np.abs(logits) > 3.0]))
+
+
 def test_matching_aware_and_objectives_against_numpy():
     rng = np.random.default_rng(1)
     b, d = 6, 5

@@ -63,6 +63,10 @@ def test_generator_shapes_range_and_names(gen):
     assert out.shape == (B, 32, 32, 3) and out.dtype == jnp.float32
     assert float(jnp.min(out)) >= -1.0 and float(jnp.max(out)) <= 1.0 and float(jnp.std(out)) > 1e-3
     _check_names(variables)
+    # The tanh inputs G sows on request (gan.saturation_weight) are the ones its images come from.
+    images, state = g.apply(variables, z, pooled, tokens, mask, mutable=["intermediates"])
+    (logits,) = state["intermediates"]["synthesis"]["rgb_logits"]
+    np.testing.assert_allclose(np.tanh(np.asarray(logits)), np.asarray(images), atol=1e-6)
 
 
 def test_generator_64():

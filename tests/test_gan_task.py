@@ -142,8 +142,22 @@ def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeyp
     np.testing.assert_allclose(before_metrics["d_hard_negative"], metrics["d_hard_negative"], rtol=1e-6)
 
 
+def test_saturation_penalty_adds_its_term_to_the_g_loss(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMIMG_DATA_DIR", data_dir)
+    # A bound near 0 so that a freshly initialised G already has tanh inputs beyond it.
+    with_term = make_task(_tiny(gan__saturation_weight=2.0, gan__saturation_bound=0.01), str(tmp_path))
+    without = make_task(_tiny(), str(tmp_path))
+    params = nn.unbox(with_term.init(jax.random.key(0)))
+    batch = jax.tree.map(jnp.asarray, next(without.batches(0, make_mesh(_tiny().mesh))))
+    g_loss = lambda task: jax.jit(lambda p: task.phases[1].loss_fn(p, batch, jax.random.key(1), 0))  # noqa: E731
+    (loss, metrics), (loss0, metrics0) = g_loss(with_term)(params), g_loss(without)(params)
+    assert "g_saturation" not in metrics0 and float(metrics["g_saturation"]) > 0
+    np.testing.assert_allclose(loss, loss0 + 2.0 * metrics["g_saturation"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("r1_every", 0, "r1_every=0 must be >= 1"),
+    ("saturation_weight", -1.0, "saturation_weight=-1.0 must be >= 0"),
     ("hard_negative_weight", -1.0, r"hard_negative_weight=-1.0 must be >= 0"),
     ("hard_negative_start", -1, "hard_negative_start=-1 must be >= 0"),
     ("hard_negatives", "background,shape", r"names \['shape'\]"),
@@ -152,6 +166,11 @@ def test_hard_negatives_add_their_term_to_the_d_loss(data_dir, tmp_path, monkeyp
 def test_bad_gan_settings_are_refused_before_any_work(tmp_path, key, value, message):
     with pytest.raises(UserError, match=message):
         make_task(_tiny(**{f"gan__{key}": value}), str(tmp_path))
+
+
+def test_a_saturation_penalty_needs_a_positive_bound(tmp_path):
+    with pytest.raises(UserError, match="saturation_bound=0.0 must be > 0"):
+        make_task(_tiny(gan__saturation_weight=1.0, gan__saturation_bound=0.0), str(tmp_path))
 
 
 def _run(argv):

@@ -181,8 +181,9 @@ class SynthesisNetwork(nn.Module):
                 h = CrossAttention(cfg.num_heads, cfg.head_dim, cfg.groups, self.dtype, name=f"attn{res}")(
                     h, tokens, mask)
         h = nn.relu(ModulatedGroupNorm(cfg.groups, self.dtype, name="out_norm")(h, w))
-        rgb = conv(3, 3, "to_rgb", self.dtype)(h)
-        return jnp.tanh(rgb.astype(jnp.float32))
+        rgb = conv(3, 3, "to_rgb", self.dtype)(h).astype(jnp.float32)
+        self.sow("intermediates", "rgb_logits", rgb)  # for gan.saturation_weight; a no-op unless asked for
+        return jnp.tanh(rgb)
 
 
 class Generator(nn.Module):

@@ -36,6 +36,11 @@ def g_hinge_loss(fake_logit: Array) -> Array:
     return -jnp.mean(fake_logit)
 
 
+def saturation_penalty(logits: Array, bound: float) -> Array:
+    """E[relu(|a| - bound)^2] over G's tanh inputs a: pixels far in tanh's flat tail get no gradient back."""
+    return jnp.mean(jnp.square(jax.nn.relu(jnp.abs(logits.astype(jnp.float32)) - bound)))
+
+
 def mismatched_text(pooled: Array, shift: int = 1) -> Array:
     """Each image's caption replaced by another example's (rolled within the batch). Equal captions in the batch
     then count as mismatched too; with varied captions that noise is rare."""

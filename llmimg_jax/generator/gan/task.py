@@ -50,6 +50,8 @@ def default_gan_config() -> ml_collections.ConfigDict:
         hard_negative_weight=0.0,  # D: a real image with one word of its caption swapped is fake; 0: off
         hard_negatives="background",  # which words: "background", "colour" or "background,colour"
         hard_negative_start=0,    # the step from which the hard-negative term counts (once G draws the objects)
+        saturation_weight=0.0,    # G: penalty on tanh inputs beyond +-saturation_bound (tanh's flat tail); 0: off
+        saturation_bound=3.0,
         temperature=0.1,          # of both contrastive losses
         augment=True,             # DiffAugment (caption-safe) on real and fake images
         d_lr=0.0,                 # discriminator learning rate; 0: train.lr
@@ -79,10 +81,13 @@ def _check(gan: ml_collections.ConfigDict) -> None:
         raise UserError(f"gan.r1_every={gan.r1_every} must be >= 1 (R1 on every N-th real image); set "
                         f"gan.r1_gamma=0 to turn R1 off")
     non_negative = ("r1_gamma", "mismatch_weight", "contrastive_weight", "word_region_weight",
-                    "hard_negative_weight", "hard_negative_start")
+                    "hard_negative_weight", "hard_negative_start", "saturation_weight")
     for name in non_negative:
         if float(gan.get(name, 0)) < 0:
             raise UserError(f"gan.{name}={gan[name]} must be >= 0 (0 turns the term off or starts it at once)")
+    if float(gan.get("saturation_weight", 0)) and float(gan.get("saturation_bound", 3.0)) <= 0:
+        raise UserError(f"gan.saturation_bound={gan.saturation_bound} must be > 0 (tanh inputs beyond it are "
+                        f"penalised; 3 keeps pixels within 0.005 of +-1)")
     if (float(gan.contrastive_weight) or float(gan.word_region_weight)) and float(gan.temperature) <= 0:
         raise UserError(f"gan.temperature={gan.temperature} must be > 0 when a contrastive weight is set")
     unknown = set(hard_negative_kinds(gan)) - set(HARD_NEGATIVES)
@@ -127,6 +132,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     sampler = GANGenerator(generator, text, gan, size)
     hard_weight = float(gan.get("hard_negative_weight", 0.0))
     hard_start = int(gan.get("hard_negative_start", 0))
+    saturation_weight = float(gan.get("saturation_weight", 0.0))
+    saturation_bound = float(gan.get("saturation_bound", 3.0))
     swaps = [HARD_NEGATIVES[k] for k in hard_negative_kinds(gan)]
     base_preprocess = image_and_tokens(text)
 
@@ -159,9 +166,14 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     def d_vars(params):
         return {"params": params["d"], **({"spectral": params["d_spectral"]} if "d_spectral" in params else {})}
 
-    def fake_images(params, cond, rng):
+    def fake_images(params, cond, rng, with_logits=False):
+        """G's images; with_logits: (images, their tanh inputs)."""
         z = jax.random.normal(rng, (cond["pooled"].shape[0], z_dim), jnp.float32)
-        return generator.apply({"params": params["g"]}, z, cond["pooled"], cond["context"], cond["context_mask"])
+        args = ({"params": params["g"]}, z, cond["pooled"], cond["context"], cond["context_mask"])
+        if not with_logits:
+            return generator.apply(*args)
+        images, state = generator.apply(*args, mutable=["intermediates"])
+        return images, state["intermediates"]["synthesis"]["rgb_logits"][0]
 
     def maybe_augment(images, rng):
         return augment(images, rng) if gan.augment else images
@@ -212,9 +224,17 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
         del step
         z_rng, aug_rng = jax.random.split(rng)
         cond = text.condition(params["text"], batch["ids"], batch["attention_mask"])  # stop_gradient unless trainable
-        fake = maybe_augment(fake_images(params, cond, z_rng), aug_rng)
-        out = discriminator.apply(d_vars(params), fake, jax.lax.stop_gradient(cond["pooled"]), **d_tokens(cond))
-        return losses.generator_objective(out, **objective)
+        if saturation_weight:
+            fake, logits = fake_images(params, cond, z_rng, with_logits=True)
+        else:
+            fake = fake_images(params, cond, z_rng)
+        out = discriminator.apply(d_vars(params), maybe_augment(fake, aug_rng), jax.lax.stop_gradient(cond["pooled"]),
+                                  **d_tokens(cond))
+        loss, metrics = losses.generator_objective(out, **objective)
+        if saturation_weight:
+            penalty = losses.saturation_penalty(logits, saturation_bound)
+            loss, metrics["g_saturation"] = loss + saturation_weight * penalty, penalty
+        return loss, metrics
 
     g_groups = ("g", "text") if text.trainable else ("g",)
     betas = {"b1": float(gan.b1), "b2": float(gan.b2)}

@@ -161,9 +161,6 @@ def test_config_variant_and_bad_encoder():
     bert.lm.bert_lr = -1e-5
     with pytest.raises(UserError, match="lm.bert_lr=-1e-05 must be 0"):
         make_task(bert, "unused_workdir")  # refused before anything is read or written
-    bert.lm.update(dict(bert_lr=0.0, bert_start=500))
-    with pytest.raises(UserError, match="lm.bert_start=500 needs a fine-tuned BERT; set lm.bert_lr > 0"):
-        make_task(bert, "unused_workdir")
 
 
 @pytest.mark.slow
@@ -203,19 +200,13 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
     jax.tree.map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), np.asarray(want)), restored,
                  shipped)
 
-    # lm.bert_lr > 0: BERT is fine-tuned end to end (its own learning rate), from step lm.bert_start on (LP-FT:
-    # frozen until then), and the workdir still expands.
+    # lm.bert_lr > 0: BERT is fine-tuned end to end (its own learning rate), and the workdir still expands.
     tuned_dir = str(tmp_path / "lm_tuned")
     monkeypatch.undo()  # training needs the shipped checkpoint again
     monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
     assert main(["train", "--config", config, "--workdir", tuned_dir, "--config.lm.instruction_encoder=bert",
-                 "--config.train.steps=5", "--config.train.checkpoint_every=2", "--config.lm.state_noise=0.3",
-                 "--config.lm.bert_lr=1e-4", "--config.lm.bert_start=2"]) == 0
-    abstract = jax.eval_shape(reader.init, jax.random.key(0))
-    at_start = load_params(tuned_dir, abstract, step=2)["params"]["bert"]
-    jax.tree.map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), np.asarray(want)), at_start,
-                 shipped)
-    tuned = load_params(tuned_dir, abstract)["params"]["bert"]
+                 "--config.train.steps=3", "--config.lm.state_noise=0.3", "--config.lm.bert_lr=1e-4"]) == 0
+    tuned = load_params(tuned_dir, jax.eval_shape(reader.init, jax.random.key(0)))["params"]["bert"]
     changed = [not np.array_equal(np.asarray(got), np.asarray(want))
                for got, want in zip(jax.tree.leaves(tuned), jax.tree.leaves(shipped))]
     assert sum(changed) > len(changed) // 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tuned))

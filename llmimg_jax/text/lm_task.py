@@ -49,7 +49,6 @@ def default_lm_config() -> ml_collections.ConfigDict:
         state_noise=0.0,    # bert: training noise on BERT's states, as a fraction of their RMS (see bert_prefix.py)
         word_insertion=0.0,  # bert: share of training instructions given 1-3 random extra words
         bert_lr=0.0,        # bert: 0 = BERT frozen; > 0 = BERT fine-tuned end to end at this learning rate
-        bert_start=0,       # bert, fine-tuned: BERT stays frozen until this step (LP-FT), then warms up
         scan_layers=False,
         remat=False,
     ))
@@ -123,9 +122,6 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     bert_lr = float(config.lm.get("bert_lr", 0.0))
     if bert_lr < 0:
         raise UserError(f"lm.bert_lr={bert_lr} must be 0 (BERT frozen) or a positive learning rate")
-    bert_start = int(config.lm.get("bert_start", 0))
-    if bert_start and not bert_lr:
-        raise UserError(f"lm.bert_start={bert_start} needs a fine-tuned BERT; set lm.bert_lr > 0 or lm.bert_start=0")
     source = make_source(config.data, config.data.train_split)
     edit_fraction = float(config.lm.edit_fraction)
     tokenizer = ensure_tokenizer(config.text, workdir, lambda: itertools.chain(
@@ -207,7 +203,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     # so the groups follow the side.
     groups, overrides = ("lm",) if reader is None else ("lm", "adapter"), {}
     if reader is not None and reader.side.trainable:
-        groups, overrides = groups + ("bert",), {"bert": {"lr": bert_lr, "start_step": bert_start}}
+        groups, overrides = groups + ("bert",), {"bert": {"lr": bert_lr}}
     return Task(init=init, phases=(Phase(groups, loss_fn),), batches=pipeline.global_batches,
                 optimizer_overrides=overrides,
                 ema_groups=groups, data_state=pipeline.state, evaluate=evaluate, sample=sample,

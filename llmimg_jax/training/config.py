@@ -33,7 +33,6 @@ def default_train_config() -> ml_collections.ConfigDict:
         warmup_steps=100,
         lr_schedule="cosine",     # 'cosine' | 'constant'
         min_lr_ratio=0.1,
-        start_step=0,             # lr 0 before it; a group override (a pretrained part frozen at first)
         b1=0.9,
         b2=0.999,
         weight_decay=0.0,

@@ -16,29 +16,22 @@ def with_overrides(train_config: ml_collections.ConfigDict, overrides: Mapping[s
     for key, value in (overrides or {}).items():
         if key not in config:
             raise UserError(f"optimizer override '{key}' is not a train config key; use one of lr, b1, b2, "
-                            f"weight_decay, grad_clip, warmup_steps, lr_schedule, min_lr_ratio, start_step")
+                            f"weight_decay, grad_clip, warmup_steps, lr_schedule, min_lr_ratio")
         config[key] = value
     return config
 
 
 def lr_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Zero until `start_step`, then a linear warm-up to `lr` and cosine decay to `lr * min_lr_ratio` at `steps`
-    (or constant)."""
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps` (or constant)."""
     lr, warmup, steps = float(train_config.lr), int(train_config.warmup_steps), int(train_config.steps)
-    start = int(train_config.get("start_step", 0))
-    if not 0 <= start < max(steps, 1):
-        raise UserError(f"start_step={start} must be in [0, train.steps={steps}); 0 starts the schedule at once")
     if train_config.lr_schedule == "constant":
         # linear_schedule holds its end value after the warm-up.
-        schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else optax.constant_schedule(lr)
-    elif train_config.lr_schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps - start, warmup + 1),
-            end_value=lr * float(train_config.min_lr_ratio))
-    else:
+        return optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else optax.constant_schedule(lr)
+    if train_config.lr_schedule != "cosine":
         raise UserError(f"train.lr_schedule '{train_config.lr_schedule}' is unknown; use 'cosine' or 'constant'")
-    # join_schedules calls the second schedule with the steps counted from the boundary.
-    return optax.join_schedules([optax.constant_schedule(0.0), schedule], [start]) if start else schedule
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+        end_value=lr * float(train_config.min_lr_ratio))
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict,

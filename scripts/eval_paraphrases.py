@@ -3,9 +3,12 @@
     python scripts/eval_paraphrases.py --lm-workdir W_GPT2 --lm-workdir W_BERT --num 500
 
 For each workdir (an `llmimg train --config configs/shapes_lm.py[:bert]` run) the expander writes one greedy
-expansion per instruction (first attempt only: no validation, no retries, no fall-back, so both sets are scored
-alike; the expander's retries cannot check a paraphrase it cannot parse). An expansion counts when it parses as a
-Shapes description and its scene satisfies the instruction's constraint:
+expansion per instruction (first attempt only: no validation, no retries, no fall-back). With `--retries N` it
+expands as `llmimg expand` and `generate --expand` do: an expansion that fails the expander's check is resampled up
+to N times (the expander's own config says 4). That check reads a spec instruction in full, a paraphrase only in
+part (its colour, shape, size and background words, and how many objects it introduces; a paraphrase that no
+attempt passes keeps its first valid description). An expansion counts when it parses as a Shapes description
+and its scene satisfies the instruction's constraint:
   paraphrases   data/shapes/paraphrases.py (`--per-template` of each template of each kind); the constraint each
                 one means comes with it
   spec          `--num` validation instructions in the spec's templates (as `llmimg expand --eval` draws them),
@@ -55,9 +58,11 @@ def fits(expander: Expander, text: str) -> bool:
     return len(prompt_ids(expander.tokenizer, text)) < expander.model.config.n_positions
 
 
-def greedy_expansions(expander: Expander, texts: Sequence[str], seed: int) -> list[str | None]:
-    """First greedy expansion of each text; None for a text too long for the model to read."""
-    expander.validate = False  # first greedy attempt only
+def expansions(expander: Expander, texts: Sequence[str], seed: int, retries: int) -> list[str | None]:
+    """The expansion of each text (the first greedy one, or with `retries` > 0 the expander's checked one, up to
+    that many resamples); None for a text too long for the model to read."""
+    expander.validate = retries > 0
+    expander.cfg.retries = retries
     readable = [i for i, t in enumerate(texts) if fits(expander, t)]
     out: list[str | None] = [None] * len(texts)
     for start in range(0, len(readable), BATCH):
@@ -89,27 +94,28 @@ def image_score(pipe, items: Sequence[tuple[str, str, Instruction]], expansions:
 
 
 def score(expander: Expander, items: Sequence[tuple[str, str, Instruction]], seed: int, pipe=None,
-          **options) -> dict:
+          retries: int = 0, **options) -> dict:
     """items: (kind, text, constraint) -> per-kind and overall accuracy, valid rate and failures (and with `pipe`,
     the images' scores under "images")."""
-    expansions = greedy_expansions(expander, [text for _, text, _ in items], seed)
+    expanded = expansions(expander, [text for _, text, _ in items], seed, retries)
     per_kind: dict[str, list[bool]] = {}
     valid, failures = [], []
-    for (kind, text, instruction), expansion in zip(items, expansions):
+    for (kind, text, instruction), expansion in zip(items, expanded):
         is_valid, good = (False, False) if expansion is None else follows(expansion, instruction)
         per_kind.setdefault(kind, []).append(good)
         valid.append(is_valid)
         if not good:
             failures.append({"kind": kind, "instruction": text, "expansion": expansion, "valid": is_valid})
-    out = {"num": len(items), "too_long": sum(e is None for e in expansions),
+    out = {"num": len(items), "too_long": sum(e is None for e in expanded),
            "overall": float(np.mean([g for v in per_kind.values() for g in v])), "valid": float(np.mean(valid)),
            "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()}, "failures": failures}
     if pipe is not None:
-        out["images"] = image_score(pipe, items, expansions, seed, **options)
+        out["images"] = image_score(pipe, items, expanded, seed, **options)
     return out
 
 
-def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None, **options) -> dict:
+def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None, retries: int = 0,
+             **options) -> dict:
     from llmimg_jax.config import load_workdir_config
     from llmimg_jax.training.checkpoint import latest_step
 
@@ -117,9 +123,9 @@ def evaluate(workdir: str, num: int, per_template: int, seed: int, pipe=None, **
     expander = load_expander(workdir, validate=False)
     paraphrases = [(p.kind, p.text, p.instruction) for p in paraphrase_set(per_template, seed)]
     spec = [(kind, text, parse_instruction(text)) for kind, text in make_eval_set(num, seed)]
-    return {"workdir": workdir, "encoder": config.lm.get("instruction_encoder", "gpt2"),
-            "step": latest_step(workdir), "paraphrase": score(expander, paraphrases, seed, pipe, **options),
-            "spec": score(expander, spec, seed, pipe, **options)}
+    return {"workdir": workdir, "encoder": config.lm.get("instruction_encoder", "gpt2"), "retries": retries,
+            "step": latest_step(workdir), "paraphrase": score(expander, paraphrases, seed, pipe, retries, **options),
+            "spec": score(expander, spec, seed, pipe, retries, **options)}
 
 
 def table(results: Sequence[dict], images: bool = False) -> str:
@@ -128,7 +134,9 @@ def table(results: Sequence[dict], images: bool = False) -> str:
     head = ["workdir", "encoder", "step"] + [f"{s} {k}" for s in ("para", "spec") for k in kinds + ["all"]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
-        cells = [os.path.basename(os.path.normpath(r["workdir"])), r["encoder"], str(r["step"])]
+        name = os.path.basename(os.path.normpath(r["workdir"]))
+        name += f" ({r['retries']} retries)" if r.get("retries") else ""
+        cells = [name, r["encoder"], str(r["step"])]
         for part in ("paraphrase", "spec"):
             s = r[part]["images"] if images else r[part]
             cells += [f"{s['per_kind'].get(k, float('nan')):.3f}" for k in KINDS]
@@ -145,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num", type=int, default=500, help="spec-template validation instructions")
     p.add_argument("--per-template", type=int, default=2, help="paraphrases per hand-written template")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retries", type=int, default=0,
+                   help="expand with the expander's check and up to this many resamples, as `llmimg expand` does")
     p.add_argument("--generator-workdir", help="also draw every expansion with this generator and score the images")
     p.add_argument("--steps", type=int, help="sampling steps (diffusion generator)")
     p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion generator)")
@@ -158,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from llmimg_jax.safety import NO_BLOCKLIST
 
             pipe = TextToImagePipeline.from_workdir(args.generator_workdir, blocklist=NO_BLOCKLIST)
-        results = [evaluate(w, args.num, args.per_template, args.seed, pipe, **options) for w in args.lm_workdir]
+        results = [evaluate(w, args.num, args.per_template, args.seed, pipe, args.retries, **options)
+                   for w in args.lm_workdir]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -217,6 +217,8 @@ def test_tiny_bert_expander_trains_expands_and_is_measured(tmp_path, monkeypatch
     assert script.main(["--lm-workdir", workdir, "--num", "10", "--per-template", "1"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(table) == 3 and "| lm | bert | 30 |" in table[2] and "(n=55," in table[2] and "(n=10," in table[2]
+    assert script.main(["--lm-workdir", workdir, "--num", "10", "--per-template", "1", "--retries", "2"]) == 0
+    assert "| lm (2 retries) | bert | 30 |" in capsys.readouterr().out
 
     # Image scoring: an oracle generator (the renderer) draws each expansion; a missing expansion fails.
     from llmimg_jax.data.shapes.grammar import describe, parse_description

@@ -21,7 +21,49 @@ def test_shapes_check_validates_grammar_and_instruction():
     assert not shapes_check("a blue circle", GOOD)                     # wrong colour
     assert not shapes_check("two red circles", GOOD)                   # wrong count
     assert not shapes_check("a red circle", "a red circle somewhere")  # not a description
-    assert shapes_check("draw me something nice", GOOD)                # free text constrains nothing
+    assert shapes_check("draw me something nice", GOOD)                # free text names no attribute: passes
+
+
+def test_free_text_is_checked_for_the_attribute_words_it_names():
+    assert shapes_check("I'd like a small red circle, against a white backdrop", GOOD)
+    assert shapes_check("put some red circles up there", GOOD)         # number and place words are not checked
+    assert not shapes_check("Please paint a blue thing", GOOD)           # a colour the scene lacks
+    assert not shapes_check("Show me triangles", GOOD)                   # a shape (plural) the scene lacks
+    assert not shapes_check("a large red circle, please", GOOD)          # a size
+    assert not shapes_check("a red circle over a black canvas", GOOD)    # the background
+    assert not shapes_check("Please paint a red circle", "a red circle somewhere")  # still a description first
+    two = "a small red circle at the top left and a large red circle at the right, on a white background"
+    assert shapes_check("Put two red circles anywhere", two) and shapes_check("A picture with 2 circles", two)
+    assert shapes_check("a circle left of a large object", two)        # each `a ...` introduces one object
+    assert not shapes_check("Just a red circle, please", two)           # the count: one object introduced
+    assert not shapes_check("I want 3 red circles", two)
+
+
+class ScriptedExpander(Expander):
+    """The retry and fall-back logic with the model's samples replaced by a script (one text per call)."""
+
+    def __init__(self, outputs: list[str], retries: int):
+        super().__init__(None, None, None, ml_collections.ConfigDict(dict(retries=retries)), validate=True)
+        self.outputs = iter(outputs)
+
+    def _sample(self, prompts, key, greedy):
+        return [next(self.outputs) for _ in prompts]
+
+
+def test_free_text_keeps_its_first_valid_description_when_none_names_every_word():
+    blue = GOOD.replace("red", "blue")
+    # A retry that names every word wins.
+    assert ScriptedExpander(["nonsense", GOOD, blue], retries=3).expand(["Please paint a blue thing"]) == [blue]
+    # None does: the first valid description is kept (not the free text), with a warning; no fall-back counted.
+    expander = ScriptedExpander(["nonsense", GOOD, "nonsense", GOOD.replace("red", "green")], retries=3)
+    with pytest.warns(UserWarning, match="1 of 1 instructions are free text that no expansion named in full"):
+        assert expander.expand(["Please paint a blue thing"]) == [GOOD]
+    assert expander.fallbacks == 0
+    # A spec instruction is still passed on unchanged when no expansion satisfies it.
+    expander = ScriptedExpander([GOOD, GOOD], retries=1)
+    with pytest.warns(UserWarning, match="passed on unchanged"):
+        assert expander.expand(["a blue circle"]) == ["a blue circle"]
+    assert expander.fallbacks == 1
 
 
 def test_shapes_check_wants_the_edited_scene_for_an_edit_prompt():
@@ -33,7 +75,8 @@ def test_shapes_check_wants_the_edited_scene_for_an_edit_prompt():
     assert not shapes_check(f"{two}; make the circle green",             # applied to the wrong object
                             "a small red circle at the top left and a large green square at the right, on a white "
                             "background")
-    assert shapes_check(f"{two}; make the triangle green", two)         # no triangle: not an edit, free text
+    # No triangle: not an edit but free text, which names a triangle and green that the scene lacks.
+    assert not shapes_check(f"{two}; make the triangle green", two)
 
 
 def test_training_example_masks_only_the_target(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llmimg_jax.data.shapes import constraints, grammar, instructions
-from llmimg_jax.data.shapes.constraints import KINDS, parse_instruction, satisfies
+from llmimg_jax.data.shapes.constraints import KINDS, mentions_hold, parse_instruction, satisfies
 from llmimg_jax.data.shapes.paraphrases import CELL_WORDS, TEMPLATES, paraphrase_set, sample_paraphrase
 from llmimg_jax.data.shapes.spec import ALL_CELLS, BACKGROUNDS, ShapesError
 
@@ -29,6 +29,7 @@ def test_every_kind_has_ten_distinct_templates_and_every_cell_a_wording():
 def test_each_paraphrase_means_a_constraint_its_scene_satisfies_and_no_spec_form(p):
     assert "{" not in p.text and "  " not in p.text and p.instruction.kind == p.kind
     assert satisfies(p.scene, p.instruction)
+    assert mentions_hold(p.text, p.scene)  # the expander's partial check of free text never rejects a right scene
     with pytest.raises(ShapesError):
         parse_instruction(p.text)
     lowered = f" {p.text.lower()} "

@@ -3,6 +3,10 @@
 Where the data has a grammar (the Shapes world), every expansion is checked: it must parse as a description and
 satisfy the instruction. An invalid one is resampled up to `expand.retries` times; after that the instruction
 itself is passed on, with a warning. The first attempt is greedy, so expansion is deterministic for a seed.
+Free text (an instruction outside the spec's forms) is checked in part (`mentions_hold`): the description must use
+every colour, shape, size and background word it names and have as many objects as it introduces; when no attempt
+does, the first valid description is kept, with a warning, since it still serves the generator better than the
+free text.
 
 With `lm.instruction_encoder="bert"` the instruction reaches GPT-2 only as a prefix (`instruction_prefix`, see
 bert_prefix.py) and GPT-2's prompt is just `<|sep|>`.
@@ -17,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmimg_jax.data.shapes.constraints import parse_instruction, satisfies
+from llmimg_jax.data.shapes.constraints import mentions_hold, parse_instruction, satisfies
 from llmimg_jax.data.shapes.grammar import parse_description
 from llmimg_jax.data.shapes.spec import ShapesError
 from llmimg_jax.errors import UserError
@@ -39,11 +43,22 @@ def is_description(text: str) -> bool:
         return False
 
 
+def is_free_text(instruction: str) -> bool:
+    """True for an instruction in none of the spec's forms and not an edit prompt."""
+    if edited_scene(instruction) is not None:
+        return False
+    try:
+        parse_instruction(instruction)
+        return False
+    except ShapesError:
+        return True
+
+
 def shapes_check(instruction: str, description: str) -> bool:
     """True when `description` is a valid Shapes description that satisfies `instruction`.
 
     An edit prompt ("<description>; <edit>", edit_format.py) is satisfied only by the edited scene itself. An
-    instruction outside the Shapes grammar (free text) constrains nothing: a valid description passes."""
+    instruction outside the Shapes grammar (free text) is checked in part: `mentions_hold`."""
     try:
         scene = parse_description(description)
     except ShapesError:
@@ -54,7 +69,7 @@ def shapes_check(instruction: str, description: str) -> bool:
     try:
         constraint = parse_instruction(instruction)
     except ShapesError:
-        return True
+        return mentions_hold(instruction, scene)
     return satisfies(scene, constraint)
 
 
@@ -106,13 +121,15 @@ class Expander:
         return texts
 
     def expand_with_status(self, prompts: Sequence[str], seed: int = 0) -> tuple[list[str], list[bool]]:
-        """Expansions and whether each passed the check (always True without validation)."""
+        """Expansions and whether each passed the check (always True without validation). A free-text
+        instruction that no attempt passes gets its first valid description, if any attempt wrote one."""
         prompts = list(prompts)
         key = jax.random.key(seed)
         results = self._sample(prompts, key, greedy=True)
         if not self.validate:
             return results, [True] * len(prompts)
         ok = [shapes_check(p, r) for p, r in zip(prompts, results)]
+        free = [not good and is_free_text(p) for p, good in zip(prompts, ok)]
         for attempt in range(int(self.cfg.retries)):
             todo = [i for i, good in enumerate(ok) if not good]
             if not todo:
@@ -121,12 +138,22 @@ class Expander:
             for i, text in zip(todo, retried):
                 if shapes_check(prompts[i], text):
                     results[i], ok[i] = text, True
+                elif free[i] and not is_description(results[i]) and is_description(text):
+                    results[i] = text
         return results, ok
 
     def expand(self, prompts: Sequence[str], seed: int = 0) -> list[str]:
-        """Expansions; an instruction whose expansions all failed the check is passed on unchanged."""
+        """Expansions; an instruction whose expansions all failed the check is passed on unchanged, except free
+        text with a valid description (see the module's docstring)."""
         results, ok = self.expand_with_status(prompts, seed)
         failed = [i for i, good in enumerate(ok) if not good]
+        kept = [i for i in failed if is_free_text(prompts[i]) and is_description(results[i])]
+        if kept:
+            warnings.warn(f"{len(kept)} of {len(ok)} instructions are free text that no expansion named in full after "
+                          f"{int(self.cfg.retries)} retries (a colour, shape, size or background word left out, or "
+                          f"another number of objects); each keeps its first valid description (first: "
+                          f"{prompts[kept[0]]!r})", stacklevel=2)
+        failed = [i for i in failed if i not in kept]
         if failed:
             self.fallbacks += len(failed)
             warnings.warn(f"{len(failed)} of {len(ok)} instructions had no valid expansion after "

@@ -1,4 +1,5 @@
 """The constraint model of instructions: `parse_instruction(text)` and `satisfies(scene, instruction)`.
+Free text outside the spec's forms gets a partial check instead: `mentions_hold(text, scene)`.
 
 Every instruction names all the objects of its image, so an instruction is one pattern per object (the
 attributes and cell it fixes, None where free), an optional background, and for the relation and row/column
@@ -14,7 +15,7 @@ import re
 from llmimg_jax.data.shapes.grammar import (BACKGROUND_RE, CELL_PHRASE_RE, COLOUR_RE, SHAPE_RE, SIZE_RE, cell_of,
                                             split_phrases)
 from llmimg_jax.data.shapes.scene import Scene, ShapeObject
-from llmimg_jax.data.shapes.spec import ShapesError
+from llmimg_jax.data.shapes.spec import BACKGROUNDS, COLOURS, SHAPES, SIZES, ShapesError
 
 KINDS = ("explicit", "attribute", "count", "relation", "row/column")
 # The spec's wording of each relation (objects[0] REL objects[1]) and line; instructions are written in these.
@@ -73,6 +74,29 @@ def satisfies(scene: Scene, instruction: Instruction) -> bool:
         if instruction.relation is None or relation_holds(order[0], order[1], instruction.relation):
             return True
     return False
+
+
+_ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(SIZES)
+_NOUNS = "|".join(SHAPES + ("object", "shape", "thing"))
+_ATTRIBUTES = rf"(?:(?:{'|'.join(SIZES)}) )?(?:(?:{'|'.join(COLOURS)}) )?"
+_ONE_OBJECT = re.compile(rf"\b(?:a|an|one) {_ATTRIBUTES}(?:{_NOUNS})\b")
+_SOME_OBJECTS = re.compile(rf"\b(two|three|2|3) {_ATTRIBUTES}(?:{_NOUNS})s\b")
+_COUNTS = {"two": 2, "three": 3, "2": 2, "3": 3}
+
+
+def mentions_hold(text: str, scene: Scene) -> bool:
+    """The part of free text that any wording shares: every colour, shape and size word it uses (`circles` counts
+    as `circle`) is some object's in the scene, a background word it uses is the scene's background, and, as every
+    instruction names all its objects, the scene has as many objects as the text introduces (`a blue square`,
+    `an object`: one; `two red circles`, `3 shapes`: that many), when it introduces any. Words of place and
+    relation are not checked: free text says those in too many ways."""
+    text = text.lower()
+    words = {w[:-1] if w[:-1] in SHAPES else w for w in re.findall(r"[a-z]+", text)}
+    have = {value for obj in scene.objects for value in (obj.colour, obj.shape, obj.size)}
+    backgrounds = words & BACKGROUNDS.keys()
+    introduced = len(_ONE_OBJECT.findall(text)) + sum(_COUNTS[n] for n in _SOME_OBJECTS.findall(text))
+    return (words & _ATTRIBUTE_WORDS <= have and (not backgrounds or scene.background in backgrounds)
+            and introduced in (0, len(scene.objects)))
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------------

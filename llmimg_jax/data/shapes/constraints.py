@@ -77,11 +77,10 @@ def satisfies(scene: Scene, instruction: Instruction) -> bool:
 
 
 _ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(SIZES)
-_NOUNS = "|".join(SHAPES + ("object", "shape", "thing"))
-_ATTRIBUTES = rf"(?:(?:{'|'.join(SIZES)}) )?(?:(?:{'|'.join(COLOURS)}) )?"
-_ONE_OBJECT = re.compile(rf"\b(?:a|an|one) {_ATTRIBUTES}(?:{_NOUNS})\b")
-_SOME_OBJECTS = re.compile(rf"\b(two|three|2|3) {_ATTRIBUTES}(?:{_NOUNS})s\b")
-_COUNTS = {"two": 2, "three": 3, "2": 2, "3": 3}
+_COUNTS = {**NUMBERS, **{str(n): n for n in NUMBERS.values()}}  # two, three, 2, 3
+_NOUN_PHRASE = rf"(?:(?:{SIZE_RE}) )?(?:(?:{COLOUR_RE}) )?(?:{SHAPE_RE}|object|shape|thing)"
+_ONE_OBJECT = re.compile(rf"\b(?:a|an|one) {_NOUN_PHRASE}\b")
+_SOME_OBJECTS = re.compile(rf"\b({'|'.join(_COUNTS)}) {_NOUN_PHRASE}s\b")
 
 
 def mentions_hold(text: str, scene: Scene) -> bool:

@@ -74,11 +74,15 @@ def _train(config, workdir: str) -> None:
 
 def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = False, num_eval: int = 150,
                    lm_overrides: Sequence[str] = (), generator_overrides: Sequence[str] = (),
-                   captioner: bool = False) -> dict:
-    """Builds the data, trains the LM and the generator, draws the sample grid and writes the report."""
+                   captioner: bool = False, best_of: int = 1) -> dict:
+    """Builds the data, trains the LM and the generator, draws the sample grid and writes the report. `best_of`:
+    the samples and the report also show the Shapes probe's pick of that many images per instruction
+    (evaluation/rerank.py)."""
     if generator not in ("diffusion", "gan"):
         raise UserError(f"--generator must be diffusion or gan, got '{generator}'")
     start = time.time()
+    if best_of < 1:
+        raise UserError(f"--best-of must be at least 1, got {best_of}")
     variant = "tiny" if tiny else "quickstart"
     lm_dir, gen_dir = os.path.join(workdir, "lm"), os.path.join(workdir, "generator")
     cap_dir = os.path.join(workdir, "captioner")
@@ -116,7 +120,7 @@ def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = F
 
     pipe = TextToImagePipeline.from_workdir(gen_dir, lm_workdir=lm_dir)
     instructions = [text for _, text in make_eval_set(8, seed=1)]
-    out = pipe(instructions, expand=True, seed=1)
+    out = pipe(instructions, expand=True, seed=1, best_of=best_of)
     captions = [f"{i}  ->  {e}" for i, e in zip(instructions, out.expansions)]
     samples = save_grid([im for im in out.images], captions, os.path.join(workdir, "samples.png"))
 
@@ -124,7 +128,7 @@ def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = F
     from llmimg_jax.evaluation.evaluate import evaluate_workdir
 
     results = evaluate_workdir(gen_dir, lm_workdir=lm_dir, num=num_eval, seed=0, out_dir=workdir,
-                               captioner_workdir=cap_dir if "captioner" in layout else None)
+                               captioner_workdir=cap_dir if "captioner" in layout else None, best_of=best_of)
     minutes = (time.time() - start) / 60
     files = {"samples": samples, "report": os.path.join(workdir, "report.md"),
              "report_json": os.path.join(workdir, "report.json"),

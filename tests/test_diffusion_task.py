@@ -72,18 +72,20 @@ def test_bad_sampler_settings_fail_before_training(tmp_path, monkeypatch, capsys
 
 @pytest.mark.slow
 def test_eval_writes_a_report(tmp_path, monkeypatch, capsys):
-    """`llmimg eval` on a tiny diffusion run: alignment per kind, Fréchet distances with a real-vs-real baseline,
-    plots and report files (the probe is trained into a temporary cache)."""
+    """`llmimg eval` on a tiny diffusion run: alignment per kind (one image per instruction, and the probe's pick of
+    two), Fréchet distances with a real-vs-real baseline, plots and report files (the probe is trained into a
+    temporary cache)."""
     monkeypatch.setenv("LLMIMG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     workdir = str(tmp_path / "run")
     assert main(["train", "--config", TINY, "--workdir", workdir, "--config.train.steps=2",
                  "--config.train.sample_every=0"]) == 0
-    assert main(["eval", "--workdir", workdir, "--num", "10", "--steps", "2"]) == 0
+    assert main(["eval", "--workdir", workdir, "--num", "10", "--steps", "2", "--best-of", "2"]) == 0
     report = json.load(open(os.path.join(workdir, "eval", "report.json")))
-    scores = report["alignment"]["without expansion"]
-    assert scores["num"] == 10 and sum(scores["per_kind_num"].values()) == 10
-    assert 0.0 <= scores["accuracy"] <= 1.0
+    assert list(report["alignment"]) == ["without expansion", "without expansion, best of 2"]
+    for scores in report["alignment"].values():
+        assert scores["num"] == 10 and sum(scores["per_kind_num"].values()) == 10
+        assert 0.0 <= scores["accuracy"] <= 1.0
     assert "real vs real (baseline, same N)" in report["frechet"]
     for name in ("report.md", "accuracy_per_kind.png", "loss.png", "eval_samples.png"):
         assert os.path.isfile(os.path.join(workdir, "eval", name)), name

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from llmimg_jax.data.shapes.grammar import describe
 from llmimg_jax.data.shapes.render import render
 from llmimg_jax.data.shapes.scene import Scene, ShapeObject, sample_scene
 from llmimg_jax.errors import UserError
@@ -11,7 +12,8 @@ from llmimg_jax.evaluation import probe as probe_lib
 from llmimg_jax.evaluation.diversity import (diversity, distinct_scene_fraction, feature_diversity,
                                              mean_pairwise_distance)
 from llmimg_jax.evaluation.frechet import frechet_distance_from_features
-from llmimg_jax.evaluation.probe import load_or_train_probe, probe_accuracy, random_scenes
+from llmimg_jax.evaluation.probe import load_or_train_probe, probe_accuracy, random_scenes, scene_targets
+from llmimg_jax.evaluation.rerank import BREAKS_TEXT, ProbeReranker, _log_softmax, scene_log_likelihood
 
 S = 32
 
@@ -83,9 +85,15 @@ def test_mean_pairwise_distance_reference():
     assert mean_pairwise_distance(x) == pytest.approx(want, rel=1e-12)
 
 
+@pytest.fixture(scope="module")
+def trained_probe(tmp_path_factory):
+    """The probe at its default settings, trained into a temporary cache once for this module."""
+    return load_or_train_probe(str(tmp_path_factory.mktemp("probe")), S)
+
+
 @pytest.mark.slow
-def test_trained_probe_accuracy_and_frechet(tmp_path):
-    probe = load_or_train_probe(str(tmp_path / "probe"), S)
+def test_trained_probe_accuracy_and_frechet(trained_probe):
+    probe = trained_probe
     # Held-out images from a seed stream that neither training nor the probe's own validation uses.
     images, scenes = random_scenes(500, S, np.random.default_rng([7, 2 * 10**6]))
     accuracy = probe_accuracy(probe, images, scenes)
@@ -105,3 +113,48 @@ def test_trained_probe_accuracy_and_frechet(tmp_path):
     same, noise, circle, one = (frechet_distance_from_features(reference, probe.features(x))
                                 for x in (real_b, noisy, circles, single))
     assert min(noise, circle, one) > 2 * same, (same, noise, circle, one)
+
+
+@pytest.mark.slow
+def test_best_of_picks_the_image_that_shows_the_text(trained_probe):
+    reranker = ProbeReranker(trained_probe)
+    rng = np.random.default_rng(0)
+    red_circle = Scene((ShapeObject("circle", "red", "large", 0, 0),), "black")
+    blue_square = Scene((ShapeObject("square", "blue", "large", 1, 1), ShapeObject("triangle", "green", "small", 2, 2)),
+                        "white")
+    a, b = render(red_circle, S, rng), render(blue_square, S, rng)
+    blank = np.zeros_like(a)
+    candidates = np.stack([np.stack([b, a, blank])] * 4)
+    texts = [describe(red_circle), "a red circle", "draw one red object please", describe(blue_square)]
+    chosen, index = reranker.choose(candidates, texts)
+    assert index.tolist() == [1, 1, 1, 0]
+    np.testing.assert_array_equal(chosen[0], a)
+    # An image the probe reads as breaking the instruction ranks below every one that keeps it, and an unreadable
+    # one (no object) below both.
+    scores = reranker.scores(np.stack([b, a, blank]), ["a red circle"] * 3)
+    assert scores[2] < scores[0] < scores[1] and scores[0] < BREAKS_TEXT / 2 < scores[1]
+    with pytest.raises(UserError, match="one text per image"):
+        reranker.scores(np.stack([a, b]), ["a red circle"])
+
+
+@pytest.mark.slow
+def test_scene_likelihood_ranks_the_true_scene_first(trained_probe):
+    """On real images the true scene is more likely than random ones; the sum matches a float64 computation."""
+    reranker = ProbeReranker(trained_probe)
+    rng = np.random.default_rng(1)
+    images, scenes = random_scenes(6, S, rng)
+    logits = reranker.probe.logits(images)
+    log_probs = {k: _log_softmax(v) for k, v in logits.items()}
+    for i, scene in enumerate(scenes):
+        mine = scene_log_likelihood(log_probs, i, scene)
+        assert all(mine >= scene_log_likelihood(log_probs, i, sample_scene(rng)) for _ in range(20))
+        # Reference: the probability of each named label under a float64 softmax, multiplied out.
+        probs = {k: np.exp(v.astype(np.float64)) / np.exp(v.astype(np.float64)).sum(-1, keepdims=True)
+                 for k, v in logits.items()}
+        t = scene_targets([scene])
+        want = np.log(probs["background"][i, t["background"][0]])
+        for j in range(9):
+            want += np.log(probs["presence"][i, j, t["presence"][0, j]])
+            if t["presence"][0, j]:
+                want += sum(np.log(probs[h][i, j, t[h][0, j]]) for h in ("shape", "colour", "size"))
+        assert mine == pytest.approx(want, rel=1e-9, abs=1e-9)

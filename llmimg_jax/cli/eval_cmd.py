@@ -23,6 +23,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "f(images uint8 [N, S, S, 3]) -> [N, D]; needed unless the data set is the Shapes world")
     p.add_argument("--captioner-workdir", help="also measure this captioner: captioning, round trip and edits "
                    "through the generator (default: the one a quickstart workdir trained with --captioner)")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="also measure the Shapes probe's pick of N images per instruction (next to one image)")
     p.add_argument("--steps", type=int, help="sampling steps (diffusion)")
     p.add_argument("--guidance", type=float, help="guidance scale (diffusion)")
     p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion)")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
                if getattr(args, k) is not None}
     results = evaluate_workdir(args.workdir, lm_workdir=args.lm_workdir, num=args.num, seed=args.seed,
                                out_dir=args.out, expand=False if args.no_expand else None, features=args.features,
-                               captioner_workdir=args.captioner_workdir, **options)
+                               captioner_workdir=args.captioner_workdir, best_of=args.best_of, **options)
     for name, scores in results.get("alignment", {}).items():
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in scores["per_kind"].items())
         print(f"alignment {name}: {scores['accuracy']:.3f} ({kinds})")

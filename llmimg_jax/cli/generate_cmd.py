@@ -22,6 +22,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--grid", action="store_true", help="write one grid PNG with captions")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="draw N images for each one written and keep the one the Shapes probe ranks first "
+                        "(Shapes generators)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (diffusion)")
     p.add_argument("--steps", type=int, help="sampling steps (diffusion)")
     p.add_argument("--sampler", help="ddpm, ddim or dpm++2m (diffusion)")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     options = {k: getattr(args, k) for k in ("guidance", "steps", "sampler", "eta", "truncation")
                if getattr(args, k) is not None}
     pipe = TextToImagePipeline.from_workdir(args.workdir, lm_workdir=args.lm_workdir, blocklist=blocklist)
-    out = pipe(prompts, expand=args.expand, seed=args.seed, num_images=args.num_images,
+    out = pipe(prompts, expand=args.expand, seed=args.seed, num_images=args.num_images, best_of=args.best_of,
                postprocess=args.postprocess, **options)
     drawn = out.expansions or prompts
     if args.grid:

@@ -12,6 +12,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--generator", default="diffusion", choices=("diffusion", "gan"))
     p.add_argument("--num-eval", type=int, default=150, help="held-out instructions in the report")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="samples and report: also the Shapes probe's pick of N images per instruction (about a "
+                        "minute more for N=4)")
     p.add_argument("--captioner", action="store_true",
                    help="also train the image -> description captioner and measure it (about 10 more minutes)")
     p.add_argument("--tiny", action="store_true", help="the configs' tiny variants (a smoke test, not a model)")
@@ -26,4 +29,5 @@ def run(args: argparse.Namespace) -> None:
     from llmimg_jax.quickstart import run_quickstart
 
     run_quickstart(args.workdir, generator=args.generator, tiny=args.tiny, num_eval=args.num_eval,
-                   lm_overrides=args.lm_override, generator_overrides=args.generator_override, captioner=args.captioner)
+                   lm_overrides=args.lm_override, generator_overrides=args.generator_override, captioner=args.captioner,
+                   best_of=args.best_of)

@@ -101,12 +101,14 @@ def _captioner(captioner, captioner_workdir: str, pipe: TextToImagePipeline, num
 
 def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 300, seed: int = 0,
                      out_dir: str | None = None, expand: bool | None = None, features: str | None = None,
-                     captioner_workdir: str | None = None, **options) -> dict:
+                     captioner_workdir: str | None = None, best_of: int = 1, **options) -> dict:
     """Evaluates the generator of `workdir`; writes `out_dir` (default `workdir/eval`) and returns the results.
-    `features`: `MODULE:FUNCTION` or `file.py:FUNCTION` (needed unless the data set is the Shapes world)."""
+    `features`: `MODULE:FUNCTION` or `file.py:FUNCTION` (needed unless the data set is the Shapes world).
+    `best_of` > 1: each condition is measured twice, on one image per prompt and on the probe's pick of
+    `best_of` (`rerank.py`); diversity and the sample grid use the picks."""
     start = time.time()
-    if num < 2:
-        raise UserError(f"--num must be at least 2, got {num}")
+    if num < 2 or best_of < 1:
+        raise UserError(f"--num must be at least 2 and --best-of at least 1, got {num} and {best_of}")
     config = _generator_config(workdir)
     shapes = config.data.source == "shapes"
     captioner_workdir = captioner_workdir or _quickstart_captioner(workdir)
@@ -121,6 +123,9 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
         raise UserError(f"this generator was trained on data.source='{config.data.source}': alignment is measured "
                         "on the Shapes world only, and the Fréchet distance needs a feature extractor: pass "
                         "--features MODULE:FUNCTION (f(images uint8 [N, S, S, 3]) -> features [N, D])")
+    if best_of > 1 and not shapes:
+        raise UserError(f"--best-of ranks images with the Shapes probe, but this generator was trained on "
+                        f"data.source='{config.data.source}'; drop --best-of")
     extractor = load_feature_extractor(features) if features else None
     # Read before any sampling, so a too-large --num fails at once.
     real, captions = _real_examples(config, num, need_baseline=shapes)
@@ -137,10 +142,22 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
     conditions = {"without expansion": prompts}
     if expand:
         conditions["with expansion"] = pipe.expand(prompts, seed=seed)
-    generated = {name: pipe.generate_arrays(texts, seed=seed, **options) for name, texts in conditions.items()}
+    generated = {}
+    for name, texts in list(conditions.items()):
+        drawn = pipe.generate_arrays(texts, seed=seed, num_images=best_of, **options)
+        if best_of == 1:
+            generated[name] = drawn
+            continue
+        # The first of each prompt's candidates is a plain sample: both figures from one set of images.
+        drawn = drawn.reshape(len(texts), best_of, *drawn.shape[1:])
+        generated[name] = drawn[:, 0]
+        generated[f"{name}, best of {best_of}"] = pipe.choose(drawn, texts)
+        conditions[f"{name}, best of {best_of}"] = texts
     best = "with expansion" if expand else "without expansion"
+    best = f"{best}, best of {best_of}" if best_of > 1 else best
     groups_prompts = conditions[best][:DIVERSITY_PROMPTS]
-    groups = pipe.generate_arrays(groups_prompts, seed=seed + 1, num_images=DIVERSITY_IMAGES, **options)
+    groups = pipe.generate_arrays(groups_prompts, seed=seed + 1, num_images=DIVERSITY_IMAGES, best_of=best_of,
+                                  **options)
     groups = list(groups.reshape(len(groups_prompts), DIVERSITY_IMAGES, *groups.shape[1:]))
 
     def user_features(images: np.ndarray) -> np.ndarray:
@@ -174,8 +191,8 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
         "title": f"Evaluation of {os.path.basename(os.path.abspath(workdir))} ({pipe.generator.kind})",
         "settings": {"workdir": pipe.generator.workdir, "step": pipe.generator.step, "data": config.data.source,
                      ("instructions" if shapes else "captions"): num, "seed": seed,
-                     "expander": pipe.lm_workdir or "none", "features": features or "Shapes probe", **options,
-                     "seconds": round(time.time() - start, 1)},
+                     "expander": pipe.lm_workdir or "none", "features": features or "Shapes probe",
+                     "best_of": best_of, **options, "seconds": round(time.time() - start, 1)},
         "frechet": frechet,
         "diversity": {best: sample_diversity},
         "plots": [os.path.relpath(p, out_dir) for p in plots],

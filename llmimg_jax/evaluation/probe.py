@@ -185,21 +185,29 @@ class Probe:
         """Penultimate features [N, F] (float64) of uint8 or [-1, 1] float images [N, S, S, 3]."""
         return self._run(images)[0]
 
+    def logits(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Head logits: presence/shape/colour/size [N, 9, K] and background [N, K] (`scene_targets`' layout)."""
+        return self._run(images)[1]
+
     def predict_labels(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Arg-max labels in the layout of `scene_targets`."""
-        return {k: v.argmax(-1) for k, v in self._run(images)[1].items()}
+        return {k: v.argmax(-1) for k, v in self.logits(images).items()}
 
     def predict(self, images: np.ndarray) -> list[Scene | None]:
         """The scene read from each image; None where the probe sees no object or more than 3."""
-        labels = self.predict_labels(images)
-        scenes = []
-        for i in range(len(labels["background"])):
-            objects = [ShapeObject(shape=SHAPES[labels["shape"][i, j]], colour=COLOUR_NAMES[labels["colour"][i, j]],
-                                   size=SIZES[labels["size"][i, j]], row=row, col=col)
-                       for j, (row, col) in enumerate(ALL_CELLS) if labels["presence"][i, j]]
-            ok = 1 <= len(objects) <= MAX_OBJECTS
-            scenes.append(Scene(tuple(objects), BACKGROUND_NAMES[labels["background"][i]]) if ok else None)
-        return scenes
+        return labels_to_scenes(self.predict_labels(images))
+
+
+def labels_to_scenes(labels: dict[str, np.ndarray]) -> list[Scene | None]:
+    """Scenes from labels in the layout of `scene_targets`; None where no cell or more than 3 are occupied."""
+    scenes = []
+    for i in range(len(labels["background"])):
+        objects = [ShapeObject(shape=SHAPES[labels["shape"][i, j]], colour=COLOUR_NAMES[labels["colour"][i, j]],
+                               size=SIZES[labels["size"][i, j]], row=row, col=col)
+                   for j, (row, col) in enumerate(ALL_CELLS) if labels["presence"][i, j]]
+        ok = 1 <= len(objects) <= MAX_OBJECTS
+        scenes.append(Scene(tuple(objects), BACKGROUND_NAMES[labels["background"][i]]) if ok else None)
+    return scenes
 
 
 def probe_accuracy(probe: Probe, images: np.ndarray, scenes: list[Scene]) -> dict[str, float]:

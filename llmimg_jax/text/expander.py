@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from llmimg_jax.data.shapes.constraints import mentions_hold, parse_instruction, satisfies
+from llmimg_jax.data.shapes.constraints import parse_instruction, text_holds
 from llmimg_jax.data.shapes.grammar import parse_description
 from llmimg_jax.data.shapes.spec import ShapesError
 from llmimg_jax.errors import UserError
@@ -66,11 +66,7 @@ def shapes_check(instruction: str, description: str) -> bool:
     edited = edited_scene(instruction)
     if edited is not None:
         return scene == edited
-    try:
-        constraint = parse_instruction(instruction)
-    except ShapesError:
-        return mentions_hold(instruction, scene)
-    return satisfies(scene, constraint)
+    return text_holds(instruction, scene)
 
 
 class Expander:

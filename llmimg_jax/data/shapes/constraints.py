@@ -143,3 +143,13 @@ def parse_instruction(text: str) -> Instruction:
                           "name at most 3 objects in distinct cells")
     explicit = len(patterns) > 1 or (patterns[0].complete and background is not None)
     return Instruction("explicit" if explicit else "attribute", tuple(patterns), background)
+
+
+def text_holds(text: str, scene: Scene) -> bool:
+    """Whether `scene` satisfies `text`: in full for an instruction of the spec's forms, in part
+    (`mentions_hold`) for free text."""
+    try:
+        instruction = parse_instruction(text)
+    except ShapesError:
+        return mentions_hold(text, scene)
+    return satisfies(scene, instruction)

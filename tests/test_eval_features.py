@@ -130,6 +130,9 @@ def test_eval_on_a_folder_data_set(tmp_path, monkeypatch, capsys, extractor_file
                  f"--config.data.folder={tmp_path / 'images'}"]) == 0
     spec = f"{extractor_file}:colour_stats"
     num = 8
+    capsys.readouterr()
+    assert main(["eval", "--workdir", workdir, "--num", str(num), "--features", spec, "--best-of", "2"]) == 2
+    assert "ranks images with the Shapes probe" in capsys.readouterr().err  # refused before anything is drawn
     assert main(["eval", "--workdir", workdir, "--num", str(num), "--steps", "2", "--features", spec]) == 0
     out = capsys.readouterr().out
     assert "alignment: not measured: Shapes world only (data.source='folder')" in out

@@ -123,14 +123,13 @@ def evaluate_workdir(workdir: str, *, lm_workdir: str | None = None, num: int = 
         raise UserError(f"this generator was trained on data.source='{config.data.source}': alignment is measured "
                         "on the Shapes world only, and the Fréchet distance needs a feature extractor: pass "
                         "--features MODULE:FUNCTION (f(images uint8 [N, S, S, 3]) -> features [N, D])")
-    if best_of > 1 and not shapes:
-        raise UserError(f"--best-of ranks images with the Shapes probe, but this generator was trained on "
-                        f"data.source='{config.data.source}'; drop --best-of")
     extractor = load_feature_extractor(features) if features else None
     # Read before any sampling, so a too-large --num fails at once.
     real, captions = _real_examples(config, num, need_baseline=shapes)
     # Evaluation draws held-out instructions or the data set's own captions, not the user's prompts: no filter.
     pipe = TextToImagePipeline.from_workdir(workdir, lm_workdir=lm_workdir, blocklist=NO_BLOCKLIST)
+    if best_of > 1:
+        pipe.reranker  # loads the probe, or refuses a generator not trained on Shapes, before anything is drawn
     out_dir = out_dir or os.path.join(workdir, "eval")
     expand = bool(pipe.lm_workdir) if expand is None else expand
     if shapes:

@@ -59,11 +59,12 @@ class ProbeReranker:
         out = np.empty(len(texts))
         for i, text in enumerate(texts):
             try:
-                out[i] = scene_log_likelihood(log_probs, i, parse_description(text))
-                continue
+                described = parse_description(text)
             except ShapesError:  # an instruction or free text: judge the probe's reading of the image
-                pass
-            if read[i] is None:  # no object, or more than 3
+                described = None
+            if described is not None:
+                out[i] = scene_log_likelihood(log_probs, i, described)
+            elif read[i] is None:  # no object, or more than 3
                 out[i] = 2 * BREAKS_TEXT
             else:
                 out[i] = scene_log_likelihood(log_probs, i, read[i]) + (0 if text_holds(text, read[i]) else BREAKS_TEXT)

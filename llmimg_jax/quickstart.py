@@ -15,14 +15,19 @@ A phase whose run already reached its step count is not redone, so re-running re
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+import warnings
 from typing import Sequence
 
 from llmimg_jax.config import apply_overrides, load_config, save_config
 from llmimg_jax.errors import UserError
 
 QUICKSTART_FILE = "quickstart.json"
+# Minutes kept for the samples and the evaluation after the generator: on 2 CPU cores they take 1.5-2.5 minutes (plus
+# about a minute for each doubling of --best-of).
+FINAL_PHASES_MINUTES = 3.0
 CONFIGS = {"lm": "shapes_lm.py", "diffusion": "shapes_diffusion.py", "gan": "shapes_gan.py",
            "captioner": "shapes_captioner.py"}
 
@@ -61,28 +66,45 @@ def _phase_config(name: str, variant: str, overrides: Sequence[str]):
 
 
 def _train(config, workdir: str) -> None:
+    from llmimg_jax.config import load_workdir_config
     from llmimg_jax.training.checkpoint import latest_step
     from llmimg_jax.training.main import train_main
 
     done = latest_step(workdir) if os.path.isdir(workdir) else None
-    if done is not None and done >= int(config.train.steps):
+    steps = int(config.train.steps)
+    if done is not None and float(config.train.time_limit_minutes) > 0:
+        steps = min(steps, int(load_workdir_config(workdir).train.steps))  # the count its time limit fitted
+    if done is not None and done >= steps:
         print(f"  already trained to step {done}; skipped (delete {workdir} to redo)", flush=True)
         return
     save_config(config, workdir)
     train_main(config, workdir)
 
 
+def _generator_minutes(minutes: float, start: float, best_of: int) -> float:
+    """What the budget leaves the generator: `minutes` less the time spent so far and the final phases' share."""
+    final = FINAL_PHASES_MINUTES + math.log2(best_of)
+    left = minutes - (time.time() - start) / 60 - final
+    if left < 1.0:
+        warnings.warn(f"the {minutes:g}-minute budget leaves the generator {left:.1f} minutes; it trains for 1 "
+                      "(raise --minutes)", stacklevel=2)
+    return round(max(left, 1.0), 2)
+
+
 def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = False, num_eval: int = 150,
                    lm_overrides: Sequence[str] = (), generator_overrides: Sequence[str] = (),
-                   captioner: bool = False, best_of: int = 1) -> dict:
+                   captioner: bool = False, best_of: int = 1, minutes: float = 20.0) -> dict:
     """Builds the data, trains the LM and the generator, draws the sample grid and writes the report. `best_of`:
     the samples and the report also show the Shapes probe's pick of that many images per instruction
-    (evaluation/rerank.py)."""
+    (evaluation/rerank.py). `minutes`: the time budget (without the captioner): the generator trains for what
+    the other phases leave of it, its step count fitted to the machine (`train.time_limit_minutes`)."""
     if generator not in ("diffusion", "gan"):
         raise UserError(f"--generator must be diffusion or gan, got '{generator}'")
     start = time.time()
     if best_of < 1:
         raise UserError(f"--best-of must be at least 1, got {best_of}")
+    if minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {minutes:g}")
     variant = "tiny" if tiny else "quickstart"
     lm_dir, gen_dir = os.path.join(workdir, "lm"), os.path.join(workdir, "generator")
     cap_dir = os.path.join(workdir, "captioner")
@@ -105,7 +127,12 @@ def run_quickstart(workdir: str, *, generator: str = "diffusion", tiny: bool = F
     print(f"[2/{phases}] tokenizer and prompt-expander language model ({lm_config.train.steps} steps) -> {lm_dir}",
           flush=True)
     _train(lm_config, lm_dir)
-    print(f"[3/{phases}] {generator} generator ({gen_config.train.steps} steps) -> {gen_dir}", flush=True)
+    if not tiny and not any(o.startswith("train.time_limit_minutes=") for o in generator_overrides):
+        gen_config.train.time_limit_minutes = _generator_minutes(minutes, start, best_of)
+    limit = float(gen_config.train.time_limit_minutes)
+    budget = f"at most {gen_config.train.steps} steps in {limit:.1f} minutes" if limit > 0 else \
+        f"{gen_config.train.steps} steps"
+    print(f"[3/{phases}] {generator} generator ({budget}) -> {gen_dir}", flush=True)
     _train(gen_config, gen_dir)
     if "captioner" in layout:
         cap_config = _phase_config("captioner", variant, ())

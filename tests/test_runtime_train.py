@@ -111,6 +111,25 @@ def test_two_processes_match_one_process(reference, tmp_path):
     assert latest_step(workdir) == 20
 
 
+@pytest.mark.slow
+def test_two_processes_end_a_time_limited_run_together(tmp_path):
+    # Each process times its own steps; process 0's fitted count is the one both use, and the deadline stops both at
+    # one step, or the collectives of the next step (and the joint checkpoint) would hang.
+    from llmimg_jax.config import load_workdir_config
+
+    workdir = str(tmp_path)
+    overrides = ["--config.train.steps=1000000", "--config.train.time_limit_minutes=0.4", "--config.train.log_every=100",
+                 "--config.train.checkpoint_every=1000000", "--config.mesh.data=8"]
+    env = {**os.environ, "LLMIMG": f"{sys.executable} -m llmimg_jax.cli.main", "XLA_FLAGS": ""}
+    proc = subprocess.run([os.path.join(REPO, "scripts", "launch_local.sh"), "2", "4", "--", "train", "--config",
+                           "tests/toy_config.py", "--workdir", workdir, *overrides],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = int(load_workdir_config(workdir).train.steps)
+    assert 50 < steps < 1000000 and latest_step(workdir) == steps == _metrics(workdir)[-1]["step"]
+    assert "steps fit" in proc.stdout + proc.stderr
+
+
 def test_fsdp8_state_is_an_eighth_per_device():
     out = run_with_devices(PRELUDE + textwrap.dedent("""
         import jax

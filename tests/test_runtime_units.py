@@ -1,6 +1,8 @@
 """Runtime pieces checked in-process on one CPU device: mesh sizes, sharding rules, schedule, accumulation."""
 
+import json
 import math
+import os
 import types
 
 import jax
@@ -111,3 +113,96 @@ def test_ema_warmup_follows_the_first_steps(tmp_path):
     # and the average moved most of the way to the trained weights (0.999 without warm-up would barely move)
     e2, p2 = jax.tree.leaves(states[1]["ema"])[0], jax.tree.leaves(states[1]["params"])[0]
     assert np.abs(np.asarray(e2) - np.asarray(p2)).max() < 0.5 * max(np.abs(np.asarray(p2)).max(), 1e-6)
+
+
+
+class _FakeClock:
+    """Seconds that advance by `tick` at each reading (the time limit reads it twice a step); `slow_after`:
+    from that reading on, by `slow_tick` (the steps slow down)."""
+
+    def __init__(self, slow_after: float = math.inf, slow_tick: float = 1.0):
+        self.now, self.slow_after, self.slow_tick = 0.0, slow_after, slow_tick
+
+    def __call__(self) -> float:
+        self.now += self.slow_tick if self.now >= self.slow_after else 1.0
+        return self.now
+
+
+def _time_limited_run(tmp_path, monkeypatch, clock):
+    """A toy run of at most 1000 steps in 2 minutes of `clock`: (metrics, latest checkpoint, config.json's steps)."""
+    from llmimg_jax.config import load_workdir_config
+    from llmimg_jax.training import time_limit
+    from llmimg_jax.training.checkpoint import latest_step
+
+    monkeypatch.setattr(time_limit, "_seconds", clock)
+    workdir = str(tmp_path)
+    train(toy_config(steps=1000, time_limit_minutes=2.0, checkpoint_every=1000), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    return metrics, latest_step(workdir), int(load_workdir_config(workdir).train.steps)
+
+
+def test_time_limit_fits_the_step_count_and_its_schedule(tmp_path, monkeypatch, capsys):
+    from llmimg_jax.training.time_limit import fitted_steps
+
+    # Two readings a step at 1 s each: 0.5 steps/s. Calibrated over the 50 steps after the first, at 102 s with the
+    # deadline at 121 s: 19 s left x 0.5 x 0.95 = 9 more steps, so the run ends at step 60, where the schedule fitted to 60 steps
+    # ends (not where a 1000-step one would be).
+    assert fitted_steps(51, 1000, 0.5, 19.0) == 60 and fitted_steps(51, 55, 0.5, 19.0) == 55
+    assert fitted_steps(51, 1000, 0.5, -3.0) == 51
+    metrics, last, saved_steps = _time_limited_run(tmp_path, monkeypatch, _FakeClock())
+    assert last == saved_steps == metrics[-1]["step"] == 60
+    fitted, unfitted = toy_config(steps=60).train, toy_config(steps=1000).train
+    assert metrics[-1]["lr"] == pytest.approx(float(optim.lr_schedule(fitted)(59)), rel=1e-5)
+    assert metrics[-1]["lr"] < 0.2 * float(optim.lr_schedule(unfitted)(59))
+    assert metrics[30]["lr"] == pytest.approx(float(optim.lr_schedule(unfitted)(30)), rel=1e-5)  # before the fit
+
+    # The quickstart reads a time-limited run that reached its fitted count as finished: it does not train again.
+    from llmimg_jax.quickstart import _train
+    _train(toy_config(steps=1000, time_limit_minutes=2.0), str(tmp_path))
+    assert "already trained to step 60; skipped" in capsys.readouterr().out
+
+
+def test_time_limit_stops_at_the_deadline_when_steps_slow_down(tmp_path, monkeypatch):
+    # Fitted to 60 steps at step 51 (the clock at 102 s, the deadline at 121 s); from then on each reading takes 5 s:
+    # the deadline passes at step 53's second reading (127 s), and the run ends there, recorded as finished.
+    metrics, last, saved_steps = _time_limited_run(tmp_path, monkeypatch, _FakeClock(slow_after=102, slow_tick=5.0))
+    assert last == saved_steps == metrics[-1]["step"] == 53
+
+
+@pytest.mark.parametrize("schedule,warmup", [("cosine", 5), ("cosine", 0), ("constant", 5), ("constant", 0)])
+def test_lr_at_matches_the_optax_schedule(schedule, warmup):
+    config = toy_config(steps=60, warmup_steps=warmup, lr_schedule=schedule).train
+    built = optim.lr_schedule(config)
+    for step in range(0, 80, 3):
+        assert float(optim.lr_at(config, step, 60)) == pytest.approx(float(built(step)), rel=1e-5, abs=1e-9), step
+
+
+def test_train_step_follows_the_schedule_of_the_total_it_is_given(tmp_path):
+    # A time limit changes the step count without recompiling: the step scales the optimizer's updates by the
+    # schedule of the total it is given. The same state and batch, stepped as a 20-step and a 12-step run: the
+    # updates differ by the ratio of the two learning rates.
+    import jax.numpy as jnp
+    from llmimg_jax.training.mesh import make_mesh
+    from llmimg_jax.training.state import init_state, state_spec
+    from llmimg_jax.training.step import make_train_step
+    from tests.toy_task import make_task
+
+    config = toy_config(steps=20)
+    task = make_task(config, str(tmp_path))
+    mesh = make_mesh(config.mesh)
+    spec = state_spec(task, config, mesh)
+    step = make_train_step(task, config, spec)
+    batch = next(task.batches(0, mesh))
+    state = init_state(task, config, spec)
+    for _ in range(8):
+        state, _ = step(state, batch)
+    before = jax.device_get(state["params"])
+    deltas = {}
+    for total in (None, 12):
+        new, metrics = step(jax.tree.map(jnp.copy, state), batch, total)
+        deltas[total] = jax.tree.map(lambda a, b: np.asarray(a) - b, jax.device_get(new["params"]), before)
+    ratio = float(optim.lr_at(config.train, 8, 12) / optim.lr_at(config.train, 8, 20))
+    assert 0.3 < ratio < 0.9 and float(metrics["lr"]) == pytest.approx(float(optim.lr_at(config.train, 8, 12)))
+    for short, full in zip(jax.tree.leaves(deltas[12]), jax.tree.leaves(deltas[None])):
+        np.testing.assert_allclose(short, ratio * full, rtol=2e-3, atol=1e-8)  # differences of float32 params

@@ -17,6 +17,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "minute more for N=4)")
     p.add_argument("--captioner", action="store_true",
                    help="also train the image -> description captioner and measure it (about 10 more minutes)")
+    p.add_argument("--minutes", type=float, default=20.0,
+                   help="time budget (without --captioner): the generator trains for what the other phases leave, "
+                        "its step count fitted to the machine's speed (default 20)")
     p.add_argument("--tiny", action="store_true", help="the configs' tiny variants (a smoke test, not a model)")
     p.add_argument("--lm-override", action="append", default=[], metavar="KEY=VALUE",
                    help="override the language model's config (repeatable), e.g. train.steps=1500")
@@ -30,4 +33,4 @@ def run(args: argparse.Namespace) -> None:
 
     run_quickstart(args.workdir, generator=args.generator, tiny=args.tiny, num_eval=args.num_eval,
                    lm_overrides=args.lm_override, generator_overrides=args.generator_override, captioner=args.captioner,
-                   best_of=args.best_of)
+                   best_of=args.best_of, minutes=args.minutes)

@@ -46,4 +46,6 @@ def default_train_config() -> ml_collections.ConfigDict:
         eval_every=0,             # 0: never
         sample_every=0,           # 0: never
         nonfinite="stop",         # 'stop' | 'skip' (skipped steps are counted in the log)
+        time_limit_minutes=0.0,   # > 0: the run ends within this many minutes of its start, its step count (at most
+                                  # `steps`) fitted to the measured speed so that the schedule still ends (loop.py)
     ))

@@ -22,6 +22,21 @@ from llmimg_jax.training.metrics import MetricsWriter
 from llmimg_jax.training.state import State, init_state, state_spec
 from llmimg_jax.training.step import make_train_step
 from llmimg_jax.training.task import Task, make_task
+from llmimg_jax.training.time_limit import TimeLimit
+
+
+def _on_any_process(local: bool) -> bool:
+    """True on every process when `local` is on one: every process must stop at the same step to save together."""
+    if jax.process_count() > 1:
+        return bool(np.any(multihost_utils.process_allgather(np.array(local))))
+    return local
+
+
+def _process_zeros(value: int) -> int:
+    """Process 0's `value` on every process (a time-fitted step count must be the same everywhere)."""
+    if jax.process_count() > 1:
+        return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+    return value
 
 
 class _StopRequest:
@@ -41,10 +56,7 @@ class _StopRequest:
         self.signum = signum
 
     def requested(self) -> bool:
-        local = self.signum is not None
-        if jax.process_count() > 1:  # every process must stop at the same step to save together
-            return bool(np.any(multihost_utils.process_allgather(np.array(local))))
-        return local
+        return _on_any_process(self.signum is not None)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -80,6 +92,8 @@ def _scalars(metrics: dict) -> dict:
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task | None = None) -> State:
     """Trains to `config.train.steps` (resuming from the latest good checkpoint) and returns the final state."""
     primary = jax.process_index() == 0
+    minutes = float(config.train.time_limit_minutes)
+    limit = TimeLimit(minutes) if minutes > 0 else None  # counted from here: set-up and compilation take their share
     mesh = make_mesh(config.mesh)  # a mesh that does not fit fails here, before anything compiles
     _check_config(config, mesh)
     if primary and not os.path.isfile(os.path.join(workdir, "config.json")):
@@ -99,6 +113,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | None = N
     total, log_every = int(train_cfg.steps), max(int(train_cfg.log_every), 1)
     step_fn = make_train_step(task, config, spec)
     writer = MetricsWriter(workdir, start, total, enabled=primary)
+
+    def set_total(steps: int) -> None:
+        """A new step count (time limit): the steps follow its schedule, and config.json records it, so that a
+        finished run reads as finished."""
+        nonlocal config, total
+        config = config.copy_and_resolve_references()
+        config.train.steps = total = steps
+        writer.set_total(total)
+        if primary:
+            save_config(config, workdir)
+
     batches = task.batches(start, mesh)
     step, last_log, last_time = start, start, time.perf_counter()
 
@@ -108,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | None = N
     try:
         with _StopRequest() as stop:
             while step < total:
-                state, metrics = step_fn(state, next(batches))
+                state, metrics = step_fn(state, next(batches), total)
                 values = _scalars(metrics)  # waits for the step: its finiteness decides what happens next
                 step += 1
                 if not values["finite"] and train_cfg.nonfinite == "stop":
@@ -116,6 +141,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | None = N
                     raise UserError(f"non-finite loss at step {step} (loss={values['loss']}); stopped, the last "
                                     f"good checkpoint is kept; lower train.lr or set train.nonfinite=skip")
                 writer.advance()
+                if limit is not None:
+                    fitted = limit.fit(step, total)
+                    if fitted is not None and (fitted := _process_zeros(fitted)) != total:
+                        set_total(fitted)
+                        if primary:
+                            print(f"time limit {minutes:g} min: {total} steps fit", flush=True)
+                    if step < total and _on_any_process(limit.expired()):
+                        if primary:
+                            print(f"time limit reached at step {step} of {total}; the run ends here", flush=True)
+                        set_total(step)
                 if every(log_every) or step == total:
                     now = time.perf_counter()
                     values["examples_per_sec"] = (step - last_log) * int(train_cfg.batch_size) / (now - last_time)

@@ -46,6 +46,11 @@ class MetricsWriter:
         if self.enabled:
             self.bar.update(steps)
 
+    def set_total(self, total_steps: int) -> None:
+        if self.enabled:
+            self.bar.total = total_steps
+            self.bar.refresh()
+
     def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
         """Logs python scalars; non-finite floats are written to the JSON file as null."""
         if not self.enabled:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -32,6 +34,30 @@ def lr_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
         end_value=lr * float(train_config.min_lr_ratio))
+
+
+def lr_at(train_config: ml_collections.ConfigDict, step: jax.Array, total: jax.Array | int) -> jax.Array:
+    """`lr_schedule(train_config)` at `step` for a run of `total` steps, where `total` may be traced (jnp)."""
+    lr, warmup = float(train_config.lr), int(train_config.warmup_steps)
+    step = jnp.asarray(step, jnp.float32)
+    if train_config.lr_schedule == "constant":
+        return jnp.asarray(lr, jnp.float32) if warmup <= 0 else lr * jnp.minimum(step, warmup) / warmup
+    span = jnp.maximum(jnp.asarray(total, jnp.float32), warmup + 1) - warmup  # optax's decay_steps - warmup_steps
+    alpha = float(train_config.min_lr_ratio)
+    cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(step - warmup, 0, span) / span))
+    decayed = lr * ((1 - alpha) * cosine + alpha)
+    return decayed if warmup <= 0 else jnp.where(step < warmup, lr * step / warmup, decayed)
+
+
+def lr_scale(train_config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | None, step: jax.Array,
+             total: jax.Array) -> jax.Array:
+    """The learning rate at `step` of a run of `total` steps over that of a run of `train.steps`, the schedule the
+    group's optimizer was built with. The train step scales the updates by it, so that a time-limited run
+    (time_limit.py) changes its schedule without recompiling the step (AdamW's update, weight decay included, is
+    proportional to the learning rate)."""
+    config = with_overrides(train_config, overrides)
+    built = lr_at(config, step, int(config.steps))
+    return jnp.where(built > 0, lr_at(config, step, total) / jnp.where(built > 0, built, 1.0), 1.0)
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict,

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from llmimg_jax.training import optim, sharding
@@ -100,12 +101,11 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
     accum = int(train.grad_accum)
     decay = float(train.ema_decay)
     ema_warmup = bool(train.ema_warmup)
-    lr_fn = optim.lr_schedule(train)
     batch_sh = sharding.batch_sharding(spec.mesh, spec.rules)
     multi = len(task.phases) > 1
     frozen = tuple(g for g in spec.param_shardings if g not in task.trained_groups)
 
-    def step_fn(state: State, batch: dict) -> tuple[State, Metrics]:
+    def step_fn(state: State, batch: dict, total: jax.Array) -> tuple[State, Metrics]:
         rng = step_key(state["rng"], state["step"])
         params, opt = dict(state["params"]), dict(state["opt"])
         metrics: Metrics = {}
@@ -121,6 +121,8 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
             metrics[prefix + "grad_norm"] = optax.tree.norm(grads)
             for g in phase.groups:
                 updates, opt[g] = spec.optimizers[g].update(grads[g], opt[g], params[g])
+                scale = optim.lr_scale(train, task.optimizer_overrides.get(g), state["step"], total)
+                updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
                 params[g] = optax.apply_updates(params[g], updates)
             _apply_updates(phase, params, new_frozen, frozen)
         d = ema_decay_at(state["step"], decay, ema_warmup)
@@ -133,7 +135,7 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
         out = {**state, **kept, "step": state["step"] + 1,
                "skipped": state["skipped"] + (1 - ok.astype(jnp.int32))}
         metrics["loss"] = sum(losses)  # the sum over phases (the phase's own loss when there is one phase)
-        metrics["lr"] = lr_fn(state["step"])
+        metrics["lr"] = optim.lr_at(train, state["step"], total)
         metrics["finite"] = ok
         metrics["skipped"] = out["skipped"]
         return out, metrics
@@ -141,9 +143,12 @@ def make_train_step(task: Task, config: ml_collections.ConfigDict, spec: StateSp
     jitted = jax.jit(step_fn, donate_argnums=0,
                      out_shardings=(spec.shardings, sharding.replicated(spec.mesh)))
 
-    def run(state: State, batch: dict) -> tuple[State, Metrics]:
+    def run(state: State, batch: dict, total: int | None = None) -> tuple[State, Metrics]:
+        """`total`: the run's step count for the learning-rate schedule (default `train.steps`); a value, not a
+        constant of the compiled step, so a time limit can change it."""
+        steps = np.int32(int(train.steps) if total is None else total)
         # Tasks may use nn.with_logical_constraint on activations: give them the mesh and the rules.
         with jax.set_mesh(spec.mesh), nn.logical_axis_rules(spec.rules):
-            return jitted(state, batch)
+            return jitted(state, batch, steps)
 
     return run

@@ -114,11 +114,12 @@ def test_two_processes_match_one_process(reference, tmp_path):
 @pytest.mark.slow
 def test_two_processes_end_a_time_limited_run_together(tmp_path):
     # Each process times its own steps; process 0's fitted count is the one both use, and the deadline stops both at
-    # one step, or the collectives of the next step (and the joint checkpoint) would hang.
+    # one step, or the collectives of the next step (and the joint checkpoint) would hang. A minute: the 50 timed
+    # steps that fit the count must come after the compile even on a loaded machine.
     from llmimg_jax.config import load_workdir_config
 
     workdir = str(tmp_path)
-    overrides = ["--config.train.steps=1000000", "--config.train.time_limit_minutes=0.4", "--config.train.log_every=100",
+    overrides = ["--config.train.steps=1000000", "--config.train.time_limit_minutes=1.0", "--config.train.log_every=100",
                  "--config.train.checkpoint_every=1000000", "--config.mesh.data=8"]
     env = {**os.environ, "LLMIMG": f"{sys.executable} -m llmimg_jax.cli.main", "XLA_FLAGS": ""}
     proc = subprocess.run([os.path.join(REPO, "scripts", "launch_local.sh"), "2", "4", "--", "train", "--config",

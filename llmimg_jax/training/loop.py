@@ -32,7 +32,7 @@ def _on_any_process(local: bool) -> bool:
     return local
 
 
-def _process_zeros(value: int) -> int:
+def _from_process_zero(value: int) -> int:
     """Process 0's `value` on every process (a time-fitted step count must be the same everywhere)."""
     if jax.process_count() > 1:
         return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
@@ -143,7 +143,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task | None = N
                 writer.advance()
                 if limit is not None:
                     fitted = limit.fit(step, total)
-                    if fitted is not None and (fitted := _process_zeros(fitted)) != total:
+                    if fitted is not None and (fitted := _from_process_zero(fitted)) != total:
                         set_total(fitted)
                         if primary:
                             print(f"time limit {minutes:g} min: {total} steps fit", flush=True)

@@ -24,25 +24,23 @@ def with_overrides(train_config: ml_collections.ConfigDict, overrides: Mapping[s
 
 
 def lr_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps` (or constant)."""
-    lr, warmup, steps = float(train_config.lr), int(train_config.warmup_steps), int(train_config.steps)
-    if train_config.lr_schedule == "constant":
-        # linear_schedule holds its end value after the warm-up.
-        return optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else optax.constant_schedule(lr)
-    if train_config.lr_schedule != "cosine":
-        raise UserError(f"train.lr_schedule '{train_config.lr_schedule}' is unknown; use 'cosine' or 'constant'")
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
-        end_value=lr * float(train_config.min_lr_ratio))
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps` (or constant): `lr_at` for a run
+    of `train.steps`."""
+    config, steps = with_overrides(train_config, None), int(train_config.steps)  # a copy: later edits do not leak in
+    lr_at(config, 0, steps)  # an unknown schedule fails here, not inside the first jitted step
+    return lambda count: lr_at(config, count, steps)
 
 
 def lr_at(train_config: ml_collections.ConfigDict, step: jax.Array, total: jax.Array | int) -> jax.Array:
-    """`lr_schedule(train_config)` at `step` for a run of `total` steps, where `total` may be traced (jnp)."""
+    """The learning rate at `step` of a run of `total` steps, where `total` may be traced (a time limit changes it
+    without recompiling; time_limit.py)."""
     lr, warmup = float(train_config.lr), int(train_config.warmup_steps)
     step = jnp.asarray(step, jnp.float32)
     if train_config.lr_schedule == "constant":
         return jnp.asarray(lr, jnp.float32) if warmup <= 0 else lr * jnp.minimum(step, warmup) / warmup
-    span = jnp.maximum(jnp.asarray(total, jnp.float32), warmup + 1) - warmup  # optax's decay_steps - warmup_steps
+    if train_config.lr_schedule != "cosine":
+        raise UserError(f"train.lr_schedule '{train_config.lr_schedule}' is unknown; use 'cosine' or 'constant'")
+    span = jnp.maximum(jnp.asarray(total, jnp.float32), warmup + 1) - warmup  # decay steps after the warm-up
     alpha = float(train_config.min_lr_ratio)
     cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(step - warmup, 0, span) / span))
     decayed = lr * ((1 - alpha) * cosine + alpha)

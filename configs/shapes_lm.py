@@ -27,8 +27,10 @@ def get_config(arg=None):
         config.train.update(dict(steps=20, batch_size=8, lr=5e-3, warmup_steps=2, checkpoint_every=10, log_every=5,
                                  eval_every=0, sample_every=0))
     elif arg == "quickstart":
-        # The default model and budget; the quickstart evaluates at the end, not during training.
-        config.train.update(dict(eval_every=0, sample_every=0, checkpoint_every=750))
+        # The default model, half its steps: the generator trains for what the quickstart's budget leaves, and it
+        # gains more from the minutes than the expander loses (300 held-out instructions expanded right: 94.0 %
+        # after 750 steps, 95.3 % after 1500; README). It evaluates at the end, not during training.
+        config.train.update(dict(steps=750, eval_every=0, sample_every=0, checkpoint_every=750))
     elif arg == "edits":
         # description; edit -> new description: longer sequences, half the examples edits, 4x the steps (~50 min on
         # one core). Edits written exactly (`llmimg expand --eval 300`): 91.6 % with 16 resamples of a wrong one,

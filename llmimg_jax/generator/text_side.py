@@ -38,10 +38,14 @@ class TextSide:
     pooling: str
     trainable: bool
     pretrained: Callable[[], Any] | None = None  # host params of the LM, when it comes from an LM workdir
+    # Tokens per row (text.max_length), at most the LM's context: an expander's context holds instruction and
+    # description, a generator reads descriptions alone, and every padded token costs encoding and cross-attention.
+    length: int | None = None
 
     @property
     def max_length(self) -> int:
-        return self.model.config.n_positions
+        positions = self.model.config.n_positions
+        return positions if self.length is None else min(self.length, positions)
 
     def _ids(self, text: str) -> list[int]:
         # The end token closes every text, so `last` pooling reads all of it.
@@ -175,6 +179,8 @@ def build_text_side(config: ml_collections.ConfigDict, workdir: str, texts_fn: C
         return _build_bert_side(config, workdir)
     if text.encoder != "gpt2":
         raise UserError(f"text.encoder='{text.encoder}' is unknown; use text.encoder=gpt2 or text.encoder=bert")
+    if int(text.max_length) < 2:
+        raise UserError(f"text.max_length={text.max_length} must be at least 2 (a word and the end token)")
     pretrained = None
     if text.lm_workdir:
         tokenizer, model, pretrained = lm_from_workdir(text.lm_workdir, config.train.compute_dtype)
@@ -184,7 +190,8 @@ def build_text_side(config: ml_collections.ConfigDict, workdir: str, texts_fn: C
                                  dtype=config.train.compute_dtype))
     # A trained-here tokenizer is already in the workdir (ensure_tokenizer); one from an LM workdir is copied.
     _record(workdir, "gpt2", model.config, tokenizer if text.lm_workdir else None)
-    return TextSide(tokenizer, model, int(text.layer), text.pooling, bool(text.trainable), pretrained)
+    return TextSide(tokenizer, model, int(text.layer), text.pooling, bool(text.trainable), pretrained,
+                    int(text.max_length))
 
 
 def load_text_side(config: ml_collections.ConfigDict, workdir: str) -> TextSide:
@@ -202,5 +209,6 @@ def load_text_side(config: ml_collections.ConfigDict, workdir: str) -> TextSide:
                             int(config.text.layer), "mean", False, length=int(config.text.max_length))
     model = GPT2(GPT2Config(**described))
     tokenizer = load_tokenizer(config.text.tokenizer_dir or os.path.join(workdir, "tokenizer"))
-    return TextSide(tokenizer, model, int(config.text.layer), config.text.pooling, False)
+    return TextSide(tokenizer, model, int(config.text.layer), config.text.pooling, False,
+                    length=int(config.text.max_length))
 

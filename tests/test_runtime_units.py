@@ -170,6 +170,16 @@ def test_time_limit_stops_at_the_deadline_when_steps_slow_down(tmp_path, monkeyp
     assert last == saved_steps == metrics[-1]["step"] == 53
 
 
+def test_time_limit_fits_again_when_the_first_steps_were_slow(tmp_path, monkeypatch):
+    # Fitted to 60 steps at step 51 (0.5 steps/s); from then on each reading takes 0.5 s, so a step 1 s. The second
+    # fit, a third of the way from 51 to 60 (step 54, the clock at 105 s), measures 1 step/s since the first:
+    # 16 s left x 1 x 0.95 = 15 more steps, so the run uses its time to the end and stops at 69, its schedule fitted
+    # to 69 steps.
+    metrics, last, saved_steps = _time_limited_run(tmp_path, monkeypatch, _FakeClock(slow_after=102, slow_tick=0.5))
+    assert last == saved_steps == metrics[-1]["step"] == 69
+    assert metrics[-1]["lr"] == pytest.approx(float(optim.lr_schedule(toy_config(steps=69).train)(68)), rel=1e-5)
+
+
 @pytest.mark.parametrize("schedule,warmup", [("cosine", 5), ("cosine", 0), ("constant", 5), ("constant", 0)])
 def test_lr_at_matches_the_optax_schedule(schedule, warmup):
     import optax

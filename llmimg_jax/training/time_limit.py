@@ -4,7 +4,7 @@ A budget in minutes rather than steps makes a run take the same time on a slow m
 quickstart's 20 minutes); the step count is what changes. After `CALIBRATION_STEPS` timed steps (the first step,
 which compiles, is not timed) the run's step count becomes what fits the time left, at most `train.steps`, so the
 warm-up + cosine schedule still reaches its end. The first steps after compiling can run slower than the rest (a
-quickstart's generator measured 4.0 steps/s there and then ran 5.6, ending 3 of its 13.7 minutes early), so the
+quickstart's generator measured ~4.2 steps/s there and then ran 5.0, leaving ~2.5 of its 13.7 minutes unused), so the
 count is fitted once more a third of the way through, from the speed since the first fit. Should the steps slow
 down later, the run stops at the limit.
 """
